@@ -1,0 +1,50 @@
+"""coati_hf: ColossalChat's RLHF pipeline (SFT -> reward model -> PPO with PTX) for Hugging Face.
+
+The public names are imported lazily so that ``import coati_hf`` stays fast: torch,
+transformers and trl load only when a trainer or model helper is first touched.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY_ATTRS = {
+    # stage 1 and 2
+    "SFTTrainer": "coati_hf.sft",
+    "SFTConfig": "coati_hf.sft",
+    "RewardTrainer": "coati_hf.reward",
+    "RewardConfig": "coati_hf.reward",
+    # stage 3
+    "PPOTrainer": "coati_hf.ppo.trainer",
+    "PPOConfig": "coati_hf.ppo.config",
+    "ExperienceMaker": "coati_hf.ppo.experience",
+    "Experience": "coati_hf.ppo.experience",
+    # ColossalAI backend
+    "ColossalAIPlugin": "coati_hf.colossalai.plugin",
+    "ColossalAIAccelerator": "coati_hf.colossalai.accelerator",
+    "ColossalAIMixin": "coati_hf.colossalai.mixin",
+    # models
+    "EMBEDDED_MODEL_NAME": "coati_hf.models",
+    "load_causal_lm": "coati_hf.models",
+    "load_sequence_classifier": "coati_hf.models",
+    "load_tokenizer": "coati_hf.models",
+    "make_tiny_llama": "coati_hf.models",
+}
+
+__all__ = sorted(_LAZY_ATTRS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module_name = _LAZY_ATTRS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'coati_hf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
