@@ -1,0 +1,78 @@
+"""Pieces every coati_hf trainer shares: config defaults, tokenizer checks, model-card tags."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+COATI_TAG = "coati_hf"
+
+
+def hardware_supports_bf16() -> bool:
+    """True where bf16 mixed precision trains: a CUDA device with bf16 support.
+
+    CPUs are left out on purpose: bf16 autocast on a CPU is slow and TRL's bf16 default is what
+    stops CPU users before training starts, so coati_hf trains in fp32 there unless asked.
+    """
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+@dataclass
+class CoatiArgumentsMixin:
+    """Fields and defaults added to every coati_hf config (put it first in the bases).
+
+    - ``colossalai_strategy``: run the trainer on ColossalAI's booster with this strategy
+      (see :class:`coati_hf.colossalai.ColossalAIPlugin`); None means plain Accelerate,
+      unless the ``COATI_HF_STRATEGY`` environment variable names one.
+    - ``bf16`` left unset means "bf16 where the hardware supports it, else fp32" instead of
+      TRL's unconditional bf16.
+    """
+
+    colossalai_strategy: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train with ColossalAI's booster using this strategy: ddp, zero1, zero2, zero2_cpu, gemini, "
+            "gemini_auto or 3d. None uses plain Accelerate (or the COATI_HF_STRATEGY environment variable)."
+        },
+    )
+
+    def __post_init__(self):
+        if getattr(self, "bf16", None) is None:
+            self.bf16 = (not getattr(self, "fp16", False)) and hardware_supports_bf16()
+        super().__post_init__()
+
+
+def coati_tags(stage: str) -> list[str]:
+    """Model-card tags for a stage ("sft", "reward-model", "ppo"), TRL's ``_tag_names`` convention."""
+    return [COATI_TAG, f"coati-{stage}", "rlhf"]
+
+
+def prepare_pad_token(tokenizer, model, *, role: str, allow_eos_padding: bool = True) -> None:
+    """Make sure ``tokenizer`` pads, and ``model.config`` agrees on the pad id.
+
+    A tokenizer without a pad token gets one (an unused special token, see
+    :func:`coati_hf.models.ensure_pad_token`) with a warning that names it. Where the only
+    choice is EOS and ``allow_eos_padding`` is False (reward models and critics read the
+    score at the last non-pad token, which is then ambiguous), a ValueError says how to fix it.
+    """
+    from .models import ensure_pad_token
+
+    had_pad = tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+    ensure_pad_token(tokenizer, model)
+    if tokenizer.pad_token_id == tokenizer.eos_token_id and not allow_eos_padding:
+        raise ValueError(
+            f"The {role}'s tokenizer pads with its EOS token ({tokenizer.eos_token!r}) and has no other token to pad "
+            "with, so the last non-pad token of a sequence that ends in EOS is ambiguous. Add a pad token first: "
+            "tokenizer.add_special_tokens({'pad_token': '<|pad|>'}); model.resize_token_embeddings(len(tokenizer))."
+        )
+    if not had_pad:
+        logger.warning(
+            "The %s's tokenizer had no pad token distinct from EOS; using %r (id %d).",
+            role,
+            tokenizer.pad_token,
+            tokenizer.pad_token_id,
+        )
