@@ -1,0 +1,300 @@
+"""One rank of the ColossalAI backend's multi-rank checks (run by tests/test_colossalai_distributed.py).
+
+Launched as ``torchrun --nproc_per_node 2 tests/distributed/colossalai_worker.py OUT_DIR``.
+Every scenario runs on every rank (they are collective); each rank writes its findings to
+``OUT_DIR/rank{r}.json`` and the pytest side asserts on them, one test per finding, so each
+check can fail on its own. One launch for all scenarios keeps the start-up cost (torch,
+transformers, colossalai imports; the process group) to a single ~10 s.
+
+Scenarios (all fp32 unless named):
+- trainer_losses[strategy]: a plain ``transformers.Trainer`` + ``ColossalAIMixin``, 6 steps,
+  for no strategy (plain Accelerate), ddp, zero1, zero2; plus gradient accumulation 2 for
+  ddp/zero1/zero2; plus zero2 in bf16 (must just train).
+- optimizer_state_bytes[strategy]: bytes of the inner optimizer's state tensors on this rank.
+- sft / reward: trl's SFTTrainer and RewardTrainer under ddp and zero2.
+- resume: zero2 run of 6 steps saving at step 3, and a fresh trainer resumed from
+  checkpoint-3; the losses of steps 4-6 (and, as a control, of a resume without optimizer.pt).
+- export: save_model under zero2, reload with plain from_pretrained, max weight difference.
+- two_models: actor + critic with their own optimizers through the accelerator (PPO's
+  shape), ddp vs zero2.
+- env_var: strategy picked from $COATI_HF_STRATEGY.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+warnings.filterwarnings("ignore")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+os.environ.pop("COATI_HF_STRATEGY", None)
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from accelerate import PartialState  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from coati_hf.colossalai import ColossalAIMixin  # noqa: E402
+from coati_hf.colossalai.accelerator import inner_optimizer  # noqa: E402
+from coati_hf.models import load_tokenizer, make_tiny_llama  # noqa: E402
+from coati_hf.models.embedded import embedded_model_dir  # noqa: E402
+
+hf_logging.set_verbosity_error()
+torch.set_num_threads(1)
+
+STEPS = 6
+
+
+class MixinTrainer(ColossalAIMixin, Trainer):
+    pass
+
+
+def log(msg):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"[worker] {msg}", flush=True)
+
+
+def lm_dataset(tokenizer, n=48, length=20):
+    texts = [f"The number {i} is {'even' if i % 2 == 0 else 'odd'}, and {i * 7 % 13} is its residue." for i in range(n)]
+    enc = tokenizer(texts, padding="max_length", max_length=length, truncation=True)
+    labels = [[t if m else -100 for t, m in zip(ids, mask)] for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
+    return Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels})
+
+
+def training_args(output_dir, **overrides):
+    settings = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=4,
+        max_steps=STEPS,
+        learning_rate=2e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+        max_grad_norm=1.0,
+        dataloader_num_workers=0,
+    )
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def losses_of(trainer, after_step=0):
+    """Per-step training losses logged after ``after_step`` (logging_steps=1)."""
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h and h["step"] > after_step]
+
+
+def grad_norms_of(trainer):
+    return [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
+
+
+def state_bytes(optimizer):
+    """Bytes held by the inner torch optimizer's per-parameter state tensors (not 'step')."""
+    total = 0
+    for state in inner_optimizer(optimizer).state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and key != "step":
+                total += value.numel() * value.element_size()
+    return total
+
+
+def run_trainer(tokenizer, dataset, strategy, workdir, **arg_overrides):
+    model, _ = make_tiny_llama(seed=0, tokenizer=tokenizer)
+    trainer = MixinTrainer(
+        model=model,
+        args=training_args(os.path.join(workdir, f"run-{strategy}"), **arg_overrides),
+        train_dataset=dataset,
+        colossalai_plugin=strategy,
+    )
+    trainer.train()
+    return trainer
+
+
+def scenario_trainer(tokenizer, dataset, workdir, out):
+    out["trainer_losses"], out["trainer_grad_norms"], out["optimizer_state_bytes"], out["accelerator_class"] = {}, {}, {}, {}
+    for strategy in (None, "ddp", "zero1", "zero2"):
+        t0 = time.time()
+        trainer = run_trainer(tokenizer, dataset, strategy, workdir)
+        key = strategy or "accelerate"
+        out["trainer_losses"][key] = losses_of(trainer)
+        out["trainer_grad_norms"][key] = grad_norms_of(trainer)
+        out["optimizer_state_bytes"][key] = state_bytes(trainer.optimizer)
+        out["accelerator_class"][key] = type(trainer.accelerator).__name__
+        log(f"trainer {key}: {time.time() - t0:.1f}s losses {out['trainer_losses'][key]}")
+    out["trainer_losses_accum2"] = {}
+    for strategy in ("ddp", "zero1", "zero2"):
+        trainer = run_trainer(tokenizer, dataset, strategy, workdir, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+        out["trainer_losses_accum2"][strategy] = losses_of(trainer)
+    trainer = run_trainer(tokenizer, dataset, "zero2", workdir, bf16=True)
+    out["bf16_zero2_losses"] = losses_of(trainer)
+    out["bf16_zero2_param_dtype"] = str(next(trainer.model.parameters()).dtype)
+
+
+def scenario_env_var(tokenizer, dataset, workdir, out):
+    os.environ["COATI_HF_STRATEGY"] = "zero1"
+    try:
+        model, _ = make_tiny_llama(seed=0, tokenizer=tokenizer)
+        trainer = MixinTrainer(model=model, args=training_args(os.path.join(workdir, "env")), train_dataset=dataset)
+        out["env_var_strategy"] = trainer.colossalai_plugin.strategy if trainer.colossalai_plugin else None
+    finally:
+        del os.environ["COATI_HF_STRATEGY"]
+
+
+def scenario_resume(tokenizer, dataset, workdir, out):
+    run_dir = os.path.join(workdir, "resume")
+    args = dict(save_strategy="steps", save_steps=3, output_dir=run_dir)
+    model, _ = make_tiny_llama(seed=0, tokenizer=tokenizer)
+    full = MixinTrainer(model=model, args=training_args(**args), train_dataset=dataset, colossalai_plugin="zero2")
+    full.train()
+    out["resume_full_losses"] = losses_of(full)
+    checkpoint = os.path.join(run_dir, "checkpoint-3")
+    out["resume_checkpoint_files"] = sorted(os.listdir(checkpoint))
+    model, _ = make_tiny_llama(seed=1, tokenizer=tokenizer)  # different init: everything must come from the checkpoint
+    resumed = MixinTrainer(model=model, args=training_args(**args), train_dataset=dataset, colossalai_plugin="zero2")
+    resumed.train(resume_from_checkpoint=checkpoint)
+    out["resume_resumed_losses"] = losses_of(resumed, after_step=3)  # steps 1-3 come from trainer_state.json
+    # Control: the same resume without the optimizer state must diverge, or the check above proves nothing.
+    dist.barrier()
+    if dist.get_rank() == 0:
+        os.remove(os.path.join(checkpoint, "optimizer.pt"))
+    dist.barrier()
+    model, _ = make_tiny_llama(seed=1, tokenizer=tokenizer)
+    control = MixinTrainer(model=model, args=training_args(**args), train_dataset=dataset, colossalai_plugin="zero2")
+    control.train(resume_from_checkpoint=checkpoint)
+    out["resume_without_optimizer_losses"] = losses_of(control, after_step=3)
+
+
+def scenario_export(tokenizer, dataset, workdir, out):
+    trainer = run_trainer(tokenizer, dataset, "zero2", workdir)
+    export_dir = os.path.join(workdir, "export")
+    trainer.save_model(export_dir)
+    # save_model ends with a barrier: the folder is complete on every rank here.
+    reloaded = AutoModelForCausalLM.from_pretrained(export_dir)
+    trained = trainer.accelerator.unwrap_model(trainer.model_wrapped).state_dict()
+    reloaded_state = reloaded.state_dict()
+    out["export_files"] = sorted(os.listdir(export_dir))
+    out["export_missing_keys"] = sorted(set(trained) ^ set(reloaded_state))
+    out["export_max_abs_diff"] = max((trained[k] - reloaded_state[k]).abs().max().item() for k in trained if k in reloaded_state)
+    initial, _ = make_tiny_llama(seed=0, tokenizer=tokenizer)
+    out["export_changed_from_init"] = max((initial.state_dict()[k] - reloaded_state[k]).abs().max().item() for k in reloaded_state)
+
+
+def scenario_trl(tokenizer, workdir, out):
+    from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+
+    class MixinSFT(ColossalAIMixin, SFTTrainer):
+        pass
+
+    class MixinReward(ColossalAIMixin, RewardTrainer):
+        pass
+
+    prompts = [f"What is {i} plus {i}?" for i in range(32)]
+    sft_data = Dataset.from_dict({"prompt": prompts, "completion": [f" It is {2 * i}." for i in range(32)]})
+    pref_data = Dataset.from_dict(
+        {"chosen": [f"{p} It is {2 * i}." for i, p in enumerate(prompts)], "rejected": [f"{p} No idea." for p in prompts]}
+    )
+    common = dict(bf16=False, per_device_train_batch_size=4, max_steps=4, learning_rate=2e-3, logging_steps=1, save_strategy="no",
+                  report_to=[], use_cpu=True, seed=0, data_seed=0, disable_tqdm=True, dataloader_num_workers=0)
+    out["sft_losses"], out["reward_losses"] = {}, {}
+    for strategy in ("ddp", "zero2"):
+        model, tok = make_tiny_llama(seed=0, tokenizer=copy.deepcopy(tokenizer))
+        config = SFTConfig(output_dir=os.path.join(workdir, f"sft-{strategy}"), max_length=32, **common)
+        sft = MixinSFT(model=model, args=config, train_dataset=sft_data, processing_class=tok, colossalai_plugin=strategy)
+        sft.train()
+        out["sft_losses"][strategy] = losses_of(sft)
+        model, tok = make_tiny_llama("sequence_classification", seed=0, tokenizer=copy.deepcopy(tokenizer))
+        config = RewardConfig(output_dir=os.path.join(workdir, f"rm-{strategy}"), max_length=32, **common)
+        rm = MixinReward(model=model, args=config, train_dataset=pref_data, processing_class=tok, colossalai_plugin=strategy)
+        rm.train()
+        out["reward_losses"][strategy] = losses_of(rm)
+        log(f"trl {strategy}: sft {out['sft_losses'][strategy]} rm {out['reward_losses'][strategy]}")
+
+
+def scenario_two_models(tokenizer, out):
+    """PPO's shape: an actor (causal LM) and a critic (value head), each with its own optimizer."""
+    from coati_hf.colossalai import ColossalAIAccelerator
+
+    out["two_models"] = {}
+    for strategy in ("ddp", "zero2"):
+        accelerator = ColossalAIAccelerator(colossalai_plugin=strategy, cpu=True)
+        actor, _ = make_tiny_llama(seed=0, tokenizer=tokenizer)
+        critic, _ = make_tiny_llama("sequence_classification", seed=1, tokenizer=tokenizer)
+        actor_opt = torch.optim.AdamW(actor.parameters(), lr=1e-3)
+        critic_opt = torch.optim.AdamW(critic.parameters(), lr=1e-3)
+        actor, actor_opt, critic, critic_opt = accelerator.prepare(actor, actor_opt, critic, critic_opt)
+        generator = torch.Generator().manual_seed(accelerator.process_index)
+        history = []
+        for _ in range(4):
+            ids = torch.randint(0, 1000, (2, 12), generator=generator)
+            actor_loss = actor(input_ids=ids, labels=ids).loss
+            accelerator.backward(actor_loss)  # owner found from the autograd graph
+            accelerator.clip_grad_norm_(actor.parameters(), 1.0)
+            actor_opt.step()
+            actor_opt.zero_grad()
+            values = critic(input_ids=ids).logits.squeeze(-1)
+            critic_loss = (values - 1.0).pow(2).mean()
+            accelerator.backward(critic_loss)
+            critic_opt.step()
+            critic_opt.zero_grad()
+            pair = torch.tensor([actor_loss.item(), critic_loss.item()])
+            history.append(accelerator.reduce(pair, reduction="mean").tolist())
+        out["two_models"][strategy] = history
+        accelerator.free_memory()
+
+
+def main():
+    out_dir = sys.argv[1]
+    start = time.time()
+    # Accelerate creates the (gloo) process group, as it would for any trainer; a short
+    # timeout turns a rank stuck in a collective into an error instead of a 30-minute hang.
+    PartialState(cpu=True, timeout=datetime.timedelta(seconds=150))
+    tokenizer = load_tokenizer(embedded_model_dir())
+    dataset = lm_dataset(tokenizer)
+    out = {"world_size": int(os.environ["WORLD_SIZE"]), "timings": {}}
+    with tempfile.TemporaryDirectory() as local:
+        # One shared working folder (rank 0's) so checkpoints written by rank 0 are seen by all.
+        holder = [local]
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast_object_list(holder, src=0)
+        workdir = holder[0]
+        for name, run in [
+            ("trainer", lambda: scenario_trainer(tokenizer, dataset, workdir, out)),
+            ("env_var", lambda: scenario_env_var(tokenizer, dataset, workdir, out)),
+            ("resume", lambda: scenario_resume(tokenizer, dataset, workdir, out)),
+            ("export", lambda: scenario_export(tokenizer, dataset, workdir, out)),
+            ("two_models", lambda: scenario_two_models(tokenizer, out)),
+            ("trl", lambda: scenario_trl(tokenizer, workdir, out)),
+        ]:
+            t0 = time.time()
+            try:
+                run()
+            except Exception as err:  # recorded, so the other scenarios still report
+                import traceback
+
+                out.setdefault("errors", {})[name] = traceback.format_exc()
+                log(f"scenario {name} failed: {err!r}")
+            out["timings"][name] = round(time.time() - t0, 2)
+            log(f"scenario {name}: {out['timings'][name]}s")
+        if dist.is_initialized():
+            dist.barrier()
+    out["timings"]["total"] = round(time.time() - start, 2)
+    rank = int(os.environ.get("RANK", 0))
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
