@@ -1,0 +1,181 @@
+r"""Prompt padding, sampling responses, stop tokens and the action mask.
+
+Layout of a rollout (``P`` = prompt width, ``R`` = response width)::
+
+    sequences      = [ pad pad p1 p2 p3 | a1 a2 EOS pad pad ]     (B, P + R)
+    attention_mask = [  0   0  1  1  1  |  1  1  1   0   0  ]
+    action_mask    =                    [  1  1  1   0   0  ]     (B, R)
+
+Prompts are **left**-padded (so generation continues every row from column ``P``), responses
+are **right**-padded. The action mask is True on the generated tokens up to and including the
+first stop token (EOS or any of the configured stop ids); everything after it is False. A
+response with no stop token keeps every generated token (up to its own length) and is flagged
+``has_stop = False`` so ``missing_eos_penalty`` can be subtracted from its score. The mask is
+derived from positions, never from comparing tokens with the pad id: a random or small policy
+may well sample the pad token as an ordinary token.
+
+Generation samples with the KV cache (``model.generate``), ``do_sample=True``, the configured
+temperature, ``top_k=0``/``top_p=1`` (the plain tempered distribution, whose log-probs PPO
+uses), ``max_new_tokens = response_length``; rows are generated ``chunk_size`` at a time and the
+output is only as wide as the longest response (not padded to ``response_length``).
+
+Position ids everywhere are ``cumsum(attention_mask) - 1``: a row's positions do not depend
+on how much left padding it has.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = [
+    "ActionMask",
+    "compute_action_mask",
+    "resolve_stop_token_ids",
+    "position_ids_from_attention_mask",
+    "left_pad",
+    "truncate_left",
+    "generate_responses",
+]
+
+
+class ActionMask(NamedTuple):
+    mask: torch.Tensor  # (B, R) bool: generated tokens up to and including the first stop token
+    has_stop: torch.Tensor  # (B,) bool: a stop token was generated
+    lengths: torch.Tensor  # (B,) long: number of action tokens
+
+
+def compute_action_mask(
+    responses: torch.Tensor, stop_token_ids: list[int] | tuple[int, ...] | None, valid_mask: torch.Tensor | None = None
+) -> ActionMask:
+    """Action mask of right-padded ``responses`` (B, R).
+
+    ``valid_mask`` marks the positions that were actually generated (False on the right padding
+    added when responses of different widths are stacked); None means every position was.
+    With no stop ids the mask is ``valid_mask`` and ``has_stop`` is all False.
+    """
+    valid = torch.ones_like(responses, dtype=torch.bool) if valid_mask is None else valid_mask.bool()
+    if not stop_token_ids:
+        mask = valid.clone()
+        has_stop = torch.zeros(responses.shape[0], dtype=torch.bool, device=responses.device)
+    else:
+        stops = torch.tensor(list(stop_token_ids), device=responses.device)
+        is_stop = torch.isin(responses, stops) & valid
+        has_stop = is_stop.any(dim=-1)
+        # number of stop tokens strictly before each position: 0 up to and including the first
+        before = torch.cumsum(is_stop.long(), dim=-1) - is_stop.long()
+        mask = valid & (before == 0)
+    return ActionMask(mask=mask, has_stop=has_stop, lengths=mask.sum(dim=-1))
+
+
+def resolve_stop_token_ids(
+    tokenizer, stop_token: str | None = None, stop_token_id: int | None = None, extra: list[int] | None = None
+) -> list[int]:
+    """TRL's stop-token rule, plus optional extra ids (Coati's ``stop_ids``).
+
+    ``stop_token="eos"`` -> the tokenizer's EOS id; ``stop_token_id`` -> that id; neither ->
+    no stop token (generation runs to ``response_length``), unless ``extra`` gives some.
+    """
+    if stop_token is not None and stop_token_id is not None:
+        raise ValueError("You cannot set both `stop_token` and `stop_token_id`.")
+    ids: list[int] = []
+    if stop_token is not None:
+        if stop_token != "eos":
+            raise ValueError(f"Unknown `stop_token` {stop_token!r}. Allowed values are 'eos' and None.")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("stop_token='eos' but the tokenizer has no EOS token")
+        ids.append(int(tokenizer.eos_token_id))
+    elif stop_token_id is not None:
+        ids.append(int(stop_token_id))
+    for token_id in extra or ():
+        if int(token_id) not in ids:
+            ids.append(int(token_id))
+    return ids
+
+
+def position_ids_from_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``cumsum(mask) - 1`` clamped at 0: positions that ignore left padding."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def left_pad(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's attended tokens to the right end (left padding), whatever the padding
+    was; columns that are padding in every row are dropped."""
+    mask = attention_mask.bool()
+    lengths = mask.sum(dim=-1)
+    width = int(lengths.max()) if lengths.numel() else 0
+    out_ids = torch.full((input_ids.shape[0], width), pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
+    out_mask = torch.zeros((input_ids.shape[0], width), dtype=torch.long, device=input_ids.device)
+    for row in range(input_ids.shape[0]):
+        tokens = input_ids[row][mask[row]]
+        if tokens.numel():
+            out_ids[row, width - tokens.numel() :] = tokens
+            out_mask[row, width - tokens.numel() :] = 1
+    return out_ids, out_mask
+
+
+def truncate_left(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, max_length: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the last ``max_length`` tokens of left-padded prompts (the end of a chat prompt is
+    the generation cue, so the start goes). Returns ids, mask and a (B,) bool "was truncated"."""
+    truncated = attention_mask.sum(dim=-1) > max_length
+    if input_ids.shape[1] > max_length:
+        input_ids, attention_mask = input_ids[:, -max_length:], attention_mask[:, -max_length:]
+    return input_ids, attention_mask, truncated
+
+
+@torch.no_grad()
+def generate_responses(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    pad_token_id: int,
+    stop_token_ids: list[int] | None = None,
+    chunk_size: int | None = None,
+    generation_kwargs: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample responses for left-padded prompts.
+
+    Returns ``(responses, valid_mask)``: ``(B, R)`` tokens right-padded with ``pad_token_id``
+    (R = the longest response generated) and a bool mask of the positions that ``generate``
+    produced for that row (chunks may end at different widths). ``generate`` itself fills a
+    finished row with the pad id after its stop token; :func:`compute_action_mask` masks those.
+    """
+    if temperature <= 0:
+        raise ValueError(f"PPO samples responses: temperature must be positive, got {temperature}")
+    kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        eos_token_id=list(stop_token_ids) if stop_token_ids else None,
+        pad_token_id=pad_token_id,
+        use_cache=True,
+    )
+    kwargs.update(generation_kwargs or {})
+    batch, width = input_ids.shape
+    chunk_size = chunk_size or batch
+    pieces = []
+    for start in range(0, batch, chunk_size):
+        output = model.generate(
+            input_ids=input_ids[start : start + chunk_size],
+            attention_mask=attention_mask[start : start + chunk_size],
+            **kwargs,
+        )
+        sequences = output.sequences if hasattr(output, "sequences") else output
+        pieces.append(sequences[:, width:])
+    length = max(piece.shape[1] for piece in pieces)
+    responses = torch.full((batch, length), pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
+    valid = torch.zeros((batch, length), dtype=torch.bool, device=input_ids.device)
+    row = 0
+    for piece in pieces:
+        responses[row : row + piece.shape[0], : piece.shape[1]] = piece
+        valid[row : row + piece.shape[0], : piece.shape[1]] = True
+        row += piece.shape[0]
+    return responses, valid
