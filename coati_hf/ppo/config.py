@@ -3,10 +3,10 @@
 Code written for ``trl.experimental.ppo.PPOConfig`` (TRL <= 1.12) keeps working after an
 import change: every field of it exists here with the same name, default and meaning, and the
 TRL-wide overrides of ``TrainingArguments`` defaults are the same (``logging_steps=10``,
-gradient checkpointing on, ``learning_rate=3e-6``). Gradient checkpointing is switched on through
-transformers 5's ``activation_checkpointing`` (``gradient_checkpointing`` is its deprecated alias,
-still honoured when set). ``exp_name`` from TRL's older
-``OnPolicyConfig`` is accepted too.
+gradient checkpointing on, ``learning_rate=3e-6``). Gradient checkpointing is switched on
+through transformers 5's ``activation_checkpointing`` (``gradient_checkpointing`` is its
+deprecated alias, still honoured when set). ``exp_name`` from TRL's older ``OnPolicyConfig``
+is accepted too.
 
 Two deliberate differences from TRL:
 
@@ -21,8 +21,9 @@ Two deliberate differences from TRL:
 Coati's additions (see the field help texts): ``ptx_coef``, ``ptx_batch_size``,
 ``experience_batch_size``, ``kl_controller``/``kl_target``/``kl_horizon``, ``reward_placement``,
 ``score_clip``, ``ratio_guard``, ``value_at``, ``policy_loss_reduction``, ``whiten_advantages``,
-``max_prompt_length``/``truncate_prompts`` and ``colossalai_strategy``. Their defaults are the
-TRL / textbook behaviour; Coati's own choices are one option away
+``max_prompt_length``/``truncate_prompts``. ``colossalai_strategy`` and the bf16 rule come from
+:class:`coati_hf.trainer_common.CoatiArgumentsMixin`, shared with the SFT and reward configs.
+Defaults are the TRL / textbook behaviour; Coati's own choices are one option away
 (``reward_placement="all_tokens"``, ``score_clip=5.0``, ``value_at="action"``,
 ``policy_loss_reduction="sequence"``, ``whiten_advantages=False``).
 """
@@ -36,15 +37,11 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
+from ..trainer_common import CoatiArgumentsMixin
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["PPOConfig"]
-
-
-def _hardware_supports_bf16() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 def _exact_div(a: int, b: int, message: str) -> int:
@@ -55,7 +52,7 @@ def _exact_div(a: int, b: int, message: str) -> int:
 
 
 @dataclass
-class PPOConfig(TrainingArguments):
+class PPOConfig(CoatiArgumentsMixin, TrainingArguments):
     r"""Configuration of coati_hf's PPO trainer (fields of TRL 1.12's experimental ``PPOConfig``
     plus Coati's). Parse it from the command line with ``HfArgumentParser``.
 
@@ -280,17 +277,9 @@ class PPOConfig(TrainingArguments):
             "tokens (and counts it); False raises an error."
         },
     )
-    colossalai_strategy: str | None = field(
-        default=None,
-        metadata={
-            "help": "Train with ColossalAI's booster using this strategy: ddp, zero1, zero2, zero2_cpu, gemini, "
-            "gemini_auto or 3d. None uses plain Accelerate (or the COATI_HF_STRATEGY environment variable)."
-        },
-    )
 
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = (not self.fp16) and _hardware_supports_bf16()
+        # bf16=None is resolved by CoatiArgumentsMixin (bf16 only where the hardware supports it).
         # TRL turns gradient checkpointing on by default. transformers 5 renamed it `activation_checkpointing`
         # (the old name is a deprecated alias), so the default goes on the new name and either name set by the
         # user wins.
@@ -300,7 +289,7 @@ class PPOConfig(TrainingArguments):
         world_size = self.world_size
         # TRL declares `world_size` as a field, which hides TrainingArguments' property of the same name; the
         # parent's __post_init__ only needs the device set up, so the field is filled in afterwards.
-        super().__post_init__()
+        super().__post_init__()  # CoatiArgumentsMixin (bf16), then TrainingArguments
         if self.experience_batch_size is None:
             self.experience_batch_size = self.per_device_train_batch_size
         if self.ptx_batch_size is None:

@@ -1,0 +1,60 @@
+"""PPO for coati_hf: config, rollouts (experience), replay buffer, losses, KL control, GAE.
+
+The math lives in small modules, each with a docstring that states it:
+:mod:`.advantages` (masked statistics, whitening, reward shaping, GAE), :mod:`.kl` (KL estimators
+and controllers), :mod:`.losses` (clipped policy / value losses, PTX mix, ratio guard, log-probs
+and entropy), :mod:`.generation` (padding, sampling, action masks), :mod:`.experience`
+(``Experience``, ``ExperienceMaker`` and the forward helpers the trainer shares),
+:mod:`.buffer` (``ReplayBuffer``). Names are imported lazily so that ``import coati_hf.ppo``
+does not load torch or transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "PPOConfig": ".config",
+    "PPOTrainer": ".trainer",
+    "Experience": ".experience",
+    "ExperienceMaker": ".experience",
+    "forward_logprobs": ".experience",
+    "forward_values": ".experience",
+    "forward_scores": ".experience",
+    "ReplayBuffer": ".buffer",
+    "FixedKLController": ".kl",
+    "AdaptiveKLController": ".kl",
+    "build_kl_controller": ".kl",
+    "kl_penalty": ".kl",
+    "masked_mean": ".advantages",
+    "masked_sum": ".advantages",
+    "masked_var": ".advantages",
+    "masked_whiten": ".advantages",
+    "shape_rewards": ".advantages",
+    "compute_gae": ".advantages",
+    "policy_loss": ".losses",
+    "value_loss": ".losses",
+    "mix_ptx_loss": ".losses",
+    "ratio_guard_exceeded": ".losses",
+    "logprobs_from_logits": ".losses",
+    "entropy_from_logits": ".losses",
+    "masked_entropy": ".losses",
+    "compute_action_mask": ".generation",
+    "resolve_stop_token_ids": ".generation",
+    "generate_responses": ".generation",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'coati_hf.ppo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

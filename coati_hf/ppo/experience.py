@@ -1,0 +1,623 @@
+r"""``Experience`` (one rollout batch as tensors) and ``ExperienceMaker`` (prompts -> Experience).
+
+Tensor conventions (``B`` rows, ``P`` prompt columns, ``R`` response columns; see also
+:mod:`coati_hf.ppo.generation`)::
+
+    sequences       (B, P+R) long   [left-padded prompt | response, right-padded with the pad id]
+    attention_mask  (B, P+R) long   1 on prompt tokens and on action tokens, 0 on all padding
+    action_mask     (B, R)   bool   response tokens up to and including the first stop token
+    logprobs        (B, R)   float  logprobs[:, t] = log pi(response[:, t] | sequences[:, :P+t]),
+                                    from logits / temperature at sequence position P+t-1
+    ref_logprobs    (B, R)   float  the same for the reference policy
+    values          (B, R)   float  value_at="state" (default): V(s_t), the critic's output at
+                                    position P+t-1 (the token *before* action t, the state it was
+                                    chosen in), aligned with logprobs[:, t] (TRL, DeepSpeed-Chat).
+                                    value_at="action" (Coati): the output at position P+t.
+    kl              (B, R)   float  per-token KL estimate (config.kl_estimator) that entered the reward
+    rewards         (B, R)   float  -kl_coef * kl, plus the score at the last action token
+                                    (reward_placement="last_token") or on every action token
+                                    ("all_tokens"); see :func:`coati_hf.ppo.advantages.shape_rewards`
+    advantages      (B, R)   float  GAE (gamma, lam), whitened over the batch if whiten_advantages
+    returns         (B, R)   float  GAE advantages (before whitening) + values: the critic's target
+    scores          (B,)     float  reward-model score, minus missing_eos_penalty where no stop
+                                    token was generated (before score_clip)
+    has_stop        (B,)     bool   a stop token was generated
+
+Every ``(B, R)`` float tensor is 0 outside ``action_mask``. The score of a sequence is read
+after its last action token (the stop token when there is one), never after padding.
+
+Rollout steps (all under ``torch.no_grad``, with every model in eval mode and its previous
+train/eval state restored afterwards):
+
+1. prompts -> left-padded ids (``max_prompt_length``: error, or keep the last tokens and count);
+2. sample responses (:func:`~coati_hf.ppo.generation.generate_responses`), build the action mask,
+   pad everything after the first stop token;
+3. score: a sequence-classification reward model reads its ``score`` head at the last action
+   token; a reward model with a different vocabulary gets the text re-tokenized with its own
+   tokenizer (right padding, read at the last non-pad token); a Python callable gets
+   ``(prompts, completions)`` text. Non-finite scores drop their rows (counted in
+   ``info["num_nan_scores"]``; an error if every score is non-finite);
+4. forward passes, ``local_rollout_forward_batch_size`` rows at a time: policy and reference
+   log-probs (reference = ``ref_policy``, or the peft ``policy`` with its adapter disabled, or
+   with ``config.ref_adapter_name`` active), critic values;
+5. KL-shaped rewards, optional reward whitening, GAE, optional advantage whitening.
+
+The forward helpers :func:`forward_logprobs` and :func:`forward_values` are the ones the trainer
+must use for the new log-probs and values, so that positions and temperature agree exactly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+
+from ..models import value_head
+from .advantages import compute_gae, masked_sum, masked_whiten, shape_rewards
+from .generation import (
+    compute_action_mask,
+    generate_responses,
+    left_pad,
+    position_ids_from_attention_mask,
+    resolve_stop_token_ids,
+    truncate_left,
+)
+from .kl import build_kl_controller, kl_penalty
+from .losses import entropy_from_logits, logprobs_from_logits
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Experience", "ExperienceMaker", "forward_logprobs", "forward_values", "forward_scores"]
+
+RewardFunction = Callable[[list[str], list[str]], Sequence[float]]
+
+
+@dataclass
+class Experience:
+    """One batch of rollouts; field conventions are in the module docstring."""
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    action_mask: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    kl: torch.Tensor
+    scores: torch.Tensor
+    has_stop: torch.Tensor
+    prompt_length: int
+    pad_token_id: int = 0
+    info: dict = field(default_factory=dict)
+
+    TOKEN_FIELDS = ("action_mask", "logprobs", "ref_logprobs", "values", "rewards", "advantages", "returns", "kl")
+    ROW_FIELDS = ("scores", "has_stop")
+
+    @property
+    def prompt_ids(self) -> torch.Tensor:
+        return self.sequences[:, : self.prompt_length]
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        """``(B, R)`` responses; the pad id after the stop token."""
+        return self.sequences[:, self.prompt_length :]
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        """Number of action tokens per row (stop token included)."""
+        return self.action_mask.sum(dim=-1)
+
+    def __len__(self) -> int:
+        return self.sequences.shape[0]
+
+    def _tensor_fields(self):
+        return [f.name for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)]
+
+    def to(self, device) -> Experience:
+        return replace(self, **{name: getattr(self, name).to(device) for name in self._tensor_fields()})
+
+    def select(self, index) -> Experience:
+        """Rows ``index`` (a tensor/list of row indices or a bool mask); ``info`` is not carried."""
+        if not isinstance(index, torch.Tensor):
+            index = torch.as_tensor(index, dtype=torch.long)
+        index = index.to(self.sequences.device)
+        return replace(self, info={}, **{name: getattr(self, name)[index] for name in self._tensor_fields()})
+
+    def split(self, size: int) -> list[Experience]:
+        """Consecutive chunks of ``size`` rows (the last one may be smaller), e.g. micro-batches."""
+        return [self.select(torch.arange(start, min(start + size, len(self)))) for start in range(0, len(self), size)]
+
+    def trimmed(self) -> Experience:
+        """Drop prompt columns that are padding in every row and response columns after the
+        longest action span. Model outputs do not change (positions come from the attention
+        mask), only the work to compute them."""
+        prompt_mask = self.attention_mask[:, : self.prompt_length].bool()
+        keep_from = int(prompt_mask.any(dim=0).long().argmax()) if prompt_mask.any() else self.prompt_length
+        keep_to = int(self.response_lengths.max()) if len(self) else 0
+        keep_to = max(keep_to, 1)
+        end = self.prompt_length + keep_to
+        changes = {
+            "sequences": self.sequences[:, keep_from:end],
+            "attention_mask": self.attention_mask[:, keep_from:end],
+            "prompt_length": self.prompt_length - keep_from,
+        }
+        changes.update({name: getattr(self, name)[:, :keep_to] for name in self.TOKEN_FIELDS})
+        return replace(self, **changes)
+
+    @classmethod
+    def concatenate(cls, experiences: Sequence[Experience]) -> Experience:
+        """Stack experiences of different prompt / response widths: prompts are left-padded to
+        the widest prompt, responses right-padded to the widest response (pad id in
+        ``sequences``, 0 in masks and per-token tensors). ``info`` holds the list of the parts'
+        infos under ``"parts"``; a single experience is returned as it is."""
+        if not experiences:
+            raise ValueError("nothing to concatenate")
+        if len(experiences) == 1:
+            return experiences[0]
+        prompt_width = max(e.prompt_length for e in experiences)
+        response_width = max(e.sequences.shape[1] - e.prompt_length for e in experiences)
+        pad_id = experiences[0].pad_token_id
+
+        def pad_sequence_tensor(e: Experience, tensor: torch.Tensor, value) -> torch.Tensor:
+            left = prompt_width - e.prompt_length
+            right = response_width - (tensor.shape[1] - e.prompt_length)
+            return torch.nn.functional.pad(tensor, (left, right), value=value)
+
+        def pad_token_tensor(tensor: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(tensor, (0, response_width - tensor.shape[1]), value=0)
+
+        merged = {
+            "sequences": torch.cat([pad_sequence_tensor(e, e.sequences, pad_id) for e in experiences]),
+            "attention_mask": torch.cat([pad_sequence_tensor(e, e.attention_mask, 0) for e in experiences]),
+        }
+        for name in cls.TOKEN_FIELDS:
+            merged[name] = torch.cat([pad_token_tensor(getattr(e, name)) for e in experiences])
+        for name in cls.ROW_FIELDS:
+            merged[name] = torch.cat([getattr(e, name) for e in experiences])
+        return cls(
+            **merged,
+            prompt_length=prompt_width,
+            pad_token_id=pad_id,
+            info={"parts": [e.info for e in experiences]},
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward passes (shared with the trainer)
+# ----------------------------------------------------------------------------------------------
+
+
+def _unwrap_peft(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _accepts_kwarg(model, name: str) -> bool:
+    try:
+        return name in inspect.signature(_unwrap_peft(model).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _backbone_and_head(model):
+    """The transformer body and the ``score`` head of a sequence-classification model (peft
+    models unwrapped; their injected adapters and ``modules_to_save`` stay in effect)."""
+    base = _unwrap_peft(model)
+    backbone = getattr(base, base.base_model_prefix, None)
+    if backbone is None:
+        raise ValueError(f"{type(base).__name__} has no '{base.base_model_prefix}' backbone")
+    return backbone, value_head(base)
+
+
+def forward_logprobs(
+    model,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+    temperature: float = 1.0,
+    *,
+    return_entropy: bool = False,
+    chunk_size: int = 8,
+):
+    """Log-probs ``(B, R)`` of the response tokens ``sequences[:, prompt_length:]`` under
+    ``model`` (logits divided by ``temperature``): column ``t`` comes from the logits at
+    position ``prompt_length + t - 1``. With ``return_entropy`` also the per-position entropy.
+    Differentiable (call under ``torch.no_grad`` for rollouts). Not masked."""
+    response_width = sequences.shape[1] - prompt_length
+    kwargs = dict(
+        input_ids=sequences,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_attention_mask(attention_mask),
+        use_cache=False,
+    )
+    if _accepts_kwarg(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = response_width + 1
+    logits = model(**kwargs).logits
+    logits = logits[:, -(response_width + 1) : -1]
+    labels = sequences[:, prompt_length:]
+    logprobs = logprobs_from_logits(logits, labels, temperature, chunk_size)
+    if return_entropy:
+        return logprobs, entropy_from_logits(logits, temperature, chunk_size)
+    return logprobs
+
+
+def forward_values(
+    critic, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int, value_at: str = "state"
+) -> torch.Tensor:
+    """Critic values ``(B, R)`` in float32: the ``score`` head applied to the backbone's last
+    hidden state at position ``prompt_length + t - 1`` (``value_at="state"``) or
+    ``prompt_length + t`` (``"action"``). Differentiable. Not masked."""
+    if value_at not in ("state", "action"):
+        raise ValueError(f"value_at must be 'state' or 'action', got {value_at!r}")
+    backbone, head = _backbone_and_head(critic)
+    hidden = backbone(
+        input_ids=sequences,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_attention_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    response_width = sequences.shape[1] - prompt_length
+    start = prompt_length - 1 if value_at == "state" else prompt_length
+    return head(hidden[:, start : start + response_width]).squeeze(-1).float()
+
+
+def forward_scores(
+    reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_index: torch.Tensor
+) -> torch.Tensor:
+    """Reward-model scores ``(B,)`` in float32: the ``score`` head at ``score_index[b]`` of row b."""
+    backbone, head = _backbone_and_head(reward_model)
+    hidden = backbone(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_attention_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return head(hidden[rows, score_index.to(hidden.device)]).squeeze(-1).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# ExperienceMaker
+# ----------------------------------------------------------------------------------------------
+
+
+def _device_of(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@contextmanager
+def _eval_mode(*models):
+    """Put every module of ``models`` in eval mode; restore each module's flag afterwards."""
+    saved = [(module, module.training) for model in models if isinstance(model, torch.nn.Module) for module in model.modules()]
+    for model in models:
+        if isinstance(model, torch.nn.Module):
+            model.eval()
+    try:
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training
+
+
+class ExperienceMaker:
+    """Turns prompts into an :class:`Experience` (see the module docstring for every convention).
+
+    Args:
+        policy: the causal LM being trained (pass it unwrapped: no DDP wrapper).
+        ref_policy: the frozen reference causal LM, or None when ``policy`` is a peft model: the
+            reference is then the policy with its adapter disabled (or with
+            ``config.ref_adapter_name`` active).
+        critic: a sequence-classification model (``num_labels=1``) sharing the policy's vocabulary;
+            its ``score`` head is applied at every position. None: all values are 0.
+        reward_model: a sequence-classification model, or a callable
+            ``(prompts: list[str], completions: list[str]) -> list[float]``. It may be the very
+            same peft model as ``critic`` (critic = reward model + adapter): then scores are
+            computed with the adapter disabled.
+        tokenizer: the policy's tokenizer (its pad id pads; its EOS is "eos").
+        config: a :class:`~coati_hf.ppo.config.PPOConfig`.
+        reward_tokenizer: the reward model's tokenizer when its vocabulary differs from the
+            policy's; texts are then decoded and re-tokenized for it.
+        kl_controller: defaults to :func:`~coati_hf.ppo.kl.build_kl_controller` of ``config``;
+            the trainer calls ``kl_controller.update(info["kl"], n_steps)``.
+        stop_token_ids: extra stop ids on top of ``config.stop_token`` / ``stop_token_id``.
+        generation_kwargs: extra keyword arguments for ``model.generate`` (e.g. a
+            ``logits_processor``); they override the defaults.
+        reward_add_special_tokens: ``add_special_tokens`` for the re-tokenization path.
+        prompt_add_special_tokens: ``add_special_tokens`` when tokenizing string prompts (they
+            are expected to be chat-formatted already, so False by default).
+    """
+
+    def __init__(
+        self,
+        policy,
+        ref_policy,
+        critic,
+        reward_model,
+        tokenizer,
+        config,
+        reward_tokenizer=None,
+        *,
+        kl_controller=None,
+        stop_token_ids: list[int] | None = None,
+        generation_kwargs: dict | None = None,
+        reward_add_special_tokens: bool = True,
+        prompt_add_special_tokens: bool = False,
+    ):
+        if ref_policy is not None and ref_policy is policy:
+            raise ValueError("policy and ref_policy cannot be the same object: pass a copy, or None with a peft policy")
+        if ref_policy is None and not hasattr(policy, "disable_adapter"):
+            raise ValueError("ref_policy=None needs a peft policy (the reference is the policy with its adapter disabled)")
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer needs a pad token (see coati_hf.models.ensure_pad_token)")
+        self.policy = policy
+        self.ref_policy = ref_policy
+        self.critic = critic
+        self.reward_model = reward_model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.kl_controller = kl_controller if kl_controller is not None else build_kl_controller(config)
+        self.stop_token_ids = resolve_stop_token_ids(
+            tokenizer, config.stop_token, config.stop_token_id, stop_token_ids
+        )
+        self.generation_kwargs = dict(generation_kwargs or {})
+        self.reward_add_special_tokens = reward_add_special_tokens
+        self.prompt_add_special_tokens = prompt_add_special_tokens
+        self.reward_is_function = callable(reward_model) and not isinstance(reward_model, torch.nn.Module)
+        self.reward_tokenizer = reward_tokenizer
+        self.retokenize_for_reward = (
+            not self.reward_is_function
+            and reward_tokenizer is not None
+            and reward_tokenizer is not tokenizer
+            and reward_tokenizer.get_vocab() != tokenizer.get_vocab()
+        )
+        if self.retokenize_for_reward and reward_tokenizer.pad_token_id is None:
+            raise ValueError("the reward tokenizer needs a pad token")
+        if self.config.temperature <= 0:
+            raise ValueError("temperature must be positive")
+
+    # -- public entry point ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def make_experience(self, prompts: Sequence[str] | Mapping[str, torch.Tensor]) -> Experience:
+        """Generate, score and evaluate responses to ``prompts`` (chat-formatted strings, or a
+        mapping with ``input_ids`` and ``attention_mask``, any padding side)."""
+        config = self.config
+        pad_id = self.tokenizer.pad_token_id
+        chunk = config.local_rollout_forward_batch_size
+        with _eval_mode(self.policy, self.ref_policy, self.critic, self.reward_model):
+            prompt_ids, prompt_mask, prompt_texts, num_truncated = self._prepare_prompts(prompts)
+            device = _device_of(self.policy)
+            prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+            prompt_length = prompt_ids.shape[1]
+
+            responses, valid = generate_responses(
+                self.policy,
+                prompt_ids,
+                prompt_mask,
+                max_new_tokens=config.response_length,
+                temperature=config.temperature,
+                pad_token_id=pad_id,
+                stop_token_ids=self.stop_token_ids,
+                chunk_size=chunk,
+                generation_kwargs=self.generation_kwargs,
+            )
+            actions = compute_action_mask(responses, self.stop_token_ids, valid)
+            action_mask = actions.mask
+            has_stop = actions.has_stop
+            if not self.stop_token_ids and self.tokenizer.eos_token_id is not None:
+                # no stop token configured (TRL's stop_token=None): "missing EOS" still means no EOS
+                has_stop = ((responses == self.tokenizer.eos_token_id) & action_mask).any(dim=-1)
+            responses = responses.masked_fill(~action_mask, pad_id)
+            sequences = torch.cat([prompt_ids, responses], dim=1)
+            attention_mask = torch.cat([prompt_mask.long(), action_mask.long()], dim=1)
+
+            # 3. scores; rows whose score is not finite are dropped
+            scores = self._score(sequences, attention_mask, prompt_length, action_mask, prompt_texts).to(device)
+            finite = torch.isfinite(scores)
+            num_bad = int((~finite).sum())
+            if num_bad == len(scores):
+                raise ValueError(f"every reward score of the batch is NaN or infinite ({num_bad} samples)")
+            if num_bad:
+                logger.warning("Dropping %d of %d samples whose reward score is NaN or infinite", num_bad, len(scores))
+                keep = finite
+                sequences, attention_mask, action_mask = sequences[keep], attention_mask[keep], action_mask[keep]
+                scores, has_stop = scores[keep], has_stop[keep]
+            if config.missing_eos_penalty is not None:
+                scores = scores - config.missing_eos_penalty * (~has_stop).float()
+
+            # 4. log-probs and values
+            logprobs = self._chunked(
+                lambda s, m: forward_logprobs(self.policy, s, m, prompt_length, config.temperature),
+                sequences, attention_mask, chunk, device,
+            )
+            with self._reference() as reference:
+                ref_logprobs = self._chunked(
+                    lambda s, m: forward_logprobs(reference, s, m, prompt_length, config.temperature),
+                    sequences, attention_mask, chunk, _device_of(reference),
+                ).to(device)
+            if self.critic is not None:
+                values = self._chunked(
+                    lambda s, m: forward_values(self.critic, s, m, prompt_length, config.value_at),
+                    sequences, attention_mask, chunk, _device_of(self.critic),
+                ).to(device)
+            else:
+                values = torch.zeros_like(logprobs)
+            zero = torch.zeros((), device=device)
+            logprobs = torch.where(action_mask, logprobs, zero)
+            ref_logprobs = torch.where(action_mask, ref_logprobs, zero)
+            values = torch.where(action_mask, values, zero)
+
+            # 5. rewards and advantages
+            kl_coef = float(self.kl_controller.value)
+            kl = torch.where(action_mask, kl_penalty(logprobs, ref_logprobs, config.kl_estimator), zero)
+            rewards = shape_rewards(scores, kl, action_mask, kl_coef, config.reward_placement, config.score_clip)
+            if config.whiten_rewards:
+                rewards = masked_whiten(rewards, action_mask, shift_mean=False)
+            advantages, returns = compute_gae(rewards, values, action_mask, config.gamma, config.lam)
+            if getattr(config, "whiten_advantages", True):
+                advantages = masked_whiten(advantages, action_mask)
+
+        non_score = masked_sum(-kl_coef * kl, action_mask, dim=-1)
+        info = {
+            "kl": float(masked_sum(kl, action_mask, dim=-1).mean()),
+            "kl_k3": float(masked_sum(kl_penalty(logprobs, ref_logprobs, "k3"), action_mask, dim=-1).mean()),
+            "kl_coef": kl_coef,
+            "entropy": float(masked_sum(-logprobs, action_mask, dim=-1).mean()),
+            "score": float(scores.mean()),
+            "non_score_reward": float(non_score.mean()),
+            "rlhf_reward": float((non_score + scores).mean()),
+            "response_length": float(action_mask.sum(dim=-1).float().mean()),
+            "num_samples": len(scores),
+            "num_no_stop": int((~has_stop).sum()),
+            "num_nan_scores": num_bad,
+            "num_truncated_prompts": num_truncated,
+        }
+        return Experience(
+            sequences=sequences,
+            attention_mask=attention_mask,
+            action_mask=action_mask,
+            logprobs=logprobs,
+            ref_logprobs=ref_logprobs,
+            values=values,
+            rewards=rewards,
+            advantages=advantages,
+            returns=returns,
+            kl=kl,
+            scores=scores,
+            has_stop=has_stop,
+            prompt_length=prompt_length,
+            pad_token_id=pad_id,
+            info=info,
+        )
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _prepare_prompts(self, prompts):
+        """Left-padded prompt ids and mask, the prompt strings (None where only ids were
+        given or a prompt was truncated) and the number of truncated prompts."""
+        tokenizer = self.tokenizer
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings (or a mapping of tensors), not a single string")
+        if isinstance(prompts, Mapping):
+            input_ids = torch.as_tensor(prompts["input_ids"])
+            attention_mask = prompts.get("attention_mask")
+            attention_mask = torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask)
+            texts: list[str | None] = [None] * input_ids.shape[0]
+        else:
+            texts = list(prompts)
+            if not texts:
+                raise ValueError("no prompts")
+            batch = tokenizer(
+                texts, add_special_tokens=self.prompt_add_special_tokens, padding=True, return_tensors="pt"
+            )
+            input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        input_ids, attention_mask = left_pad(input_ids, attention_mask, tokenizer.pad_token_id)
+        if not bool(attention_mask.sum(dim=-1).gt(0).all()):
+            raise ValueError("an empty prompt (no attended token) cannot be continued")
+        num_truncated = 0
+        limit = self.config.max_prompt_length
+        if limit is not None and input_ids.shape[1] > limit:
+            lengths = attention_mask.sum(dim=-1)
+            if not self.config.truncate_prompts:
+                raise ValueError(
+                    f"{int((lengths > limit).sum())} prompt(s) are longer than max_prompt_length={limit} tokens "
+                    f"(longest: {int(lengths.max())}); shorten them or set truncate_prompts=True"
+                )
+            input_ids, attention_mask, truncated = truncate_left(input_ids, attention_mask, limit)
+            num_truncated = int(truncated.sum())
+            texts = [None if cut else text for text, cut in zip(texts, truncated.tolist())]
+            logger.info("Truncated %d prompt(s) to their last %d tokens", num_truncated, limit)
+        return input_ids, attention_mask, texts, num_truncated
+
+    def _score(self, sequences, attention_mask, prompt_length, action_mask, prompt_texts) -> torch.Tensor:
+        """One score per row (float32, NaN allowed: the caller filters)."""
+        lengths = action_mask.sum(dim=-1)
+        if self.reward_is_function:
+            prompts = [
+                text if text is not None else self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=False)
+                for text, ids, mask in zip(
+                    prompt_texts, sequences[:, :prompt_length], attention_mask[:, :prompt_length]
+                )
+            ]
+            completions = self.tokenizer.batch_decode(
+                [row[:n] for row, n in zip(sequences[:, prompt_length:], lengths.tolist())], skip_special_tokens=True
+            )
+            values = self.reward_model(prompts, completions)
+            values = [float("nan") if v is None else float(v) for v in values]
+            if len(values) != len(prompts):
+                raise ValueError(f"the reward function returned {len(values)} scores for {len(prompts)} samples")
+            return torch.tensor(values, dtype=torch.float32)
+
+        chunk = self.config.local_rollout_forward_batch_size
+        if self.retokenize_for_reward:
+            texts = [
+                self.tokenizer.decode(row[mask.bool()], skip_special_tokens=False)
+                for row, mask in zip(sequences, attention_mask)
+            ]
+            encoded = self.reward_tokenizer(
+                texts,
+                add_special_tokens=self.reward_add_special_tokens,
+                padding=True,
+                padding_side="right",
+                return_tensors="pt",
+            )
+            rm_ids, rm_mask = encoded["input_ids"], encoded["attention_mask"]
+            score_index = rm_mask.sum(dim=-1) - 1  # right padding: the last non-pad token
+        else:
+            rm_ids, rm_mask = sequences, attention_mask
+            score_index = prompt_length + lengths - 1  # the last action token
+        device = _device_of(self.reward_model)
+        with self._reward_context():
+            scores = [
+                forward_scores(
+                    self.reward_model,
+                    rm_ids[start : start + chunk].to(device),
+                    rm_mask[start : start + chunk].to(device),
+                    score_index[start : start + chunk],
+                )
+                for start in range(0, rm_ids.shape[0], chunk)
+            ]
+        return torch.cat(scores)
+
+    @staticmethod
+    def _chunked(fn, sequences, attention_mask, chunk, device) -> torch.Tensor:
+        out = [
+            fn(sequences[start : start + chunk].to(device), attention_mask[start : start + chunk].to(device))
+            for start in range(0, sequences.shape[0], chunk)
+        ]
+        return torch.cat(out)
+
+    @contextmanager
+    def _reference(self):
+        """The reference policy: ``ref_policy``, or the peft policy with the reference adapter
+        (``config.ref_adapter_name``) active, or with its adapter disabled."""
+        if self.ref_policy is not None:
+            yield self.ref_policy
+            return
+        ref_adapter = getattr(self.config, "ref_adapter_name", None)
+        if ref_adapter:
+            self.policy.set_adapter(ref_adapter)
+            try:
+                yield self.policy
+            finally:
+                self.policy.set_adapter(getattr(self.config, "model_adapter_name", None) or "default")
+        else:
+            with self.policy.disable_adapter():
+                yield self.policy
+
+    @contextmanager
+    def _reward_context(self):
+        """Disable the critic's adapter while scoring when critic and reward model are one peft model."""
+        if self.reward_model is self.critic and hasattr(self.reward_model, "disable_adapter"):
+            with self.reward_model.disable_adapter():
+                yield
+        else:
+            yield
