@@ -1,0 +1,49 @@
+"""The ``coati-hf`` command.
+
+    coati-hf demo [--output-dir DIR] [--steps N]   run the pipeline on the embedded SmolLM2
+    coati-hf embedded-path                          convert (once) and print the embedded model's folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(output_dir=args.output_dir, steps=args.steps)
+    return 0
+
+
+def _embedded_path(_args: argparse.Namespace) -> int:
+    from .models import embedded_model_dir
+
+    print(embedded_model_dir())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coati-hf", description="ColossalChat's RLHF pipeline for Hugging Face.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="Run the pipeline on the embedded SmolLM2-135M-Instruct (CPU friendly).")
+    demo.add_argument("--output-dir", default="outputs/demo", help="Where every stage writes its model.")
+    demo.add_argument("--steps", type=int, default=8, help="Optimizer steps per stage.")
+    demo.set_defaults(handler=_demo)
+
+    path = commands.add_parser("embedded-path", help="Convert the embedded SmolLM2 once and print its folder.")
+    path.set_defaults(handler=_embedded_path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The end-to-end demo on the embedded SmolLM2-135M-Instruct, sized for a laptop CPU.
+
+Each stage writes an ordinary Hugging Face folder under ``output_dir`` that reloads with
+plain ``from_pretrained``:
+
+    sft/            stage 1, supervised fine-tuning with LoRA on the shipped bilingual set
+    reward_model/   stage 2, a reward model (sequence classifier, num_labels=1) on the shipped pairs
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _lora(task_type: str):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        task_type=task_type,
+    )
+
+
+def run_demo(output_dir: str = "outputs/demo", steps: int = 8) -> dict[str, str]:
+    """Run every stage that exists and return ``{stage: folder}``."""
+    from .data import load_sample
+    from .hub import save_for_hub
+    from .models import EMBEDDED_MODEL_NAME, load_causal_lm, load_sequence_classifier
+    from .reward import RewardConfig, RewardTrainer
+    from .sft import SFTConfig, SFTTrainer
+
+    output = Path(output_dir)
+    folders: dict[str, str] = {}
+    common = dict(report_to="none", logging_steps=1, save_strategy="no", gradient_checkpointing=False, seed=0)
+
+    started = time.time()
+    logger.info("[demo] stage 1/2: SFT with LoRA on %s", EMBEDDED_MODEL_NAME)
+    policy, tokenizer = load_causal_lm(EMBEDDED_MODEL_NAME)
+    sft = SFTTrainer(
+        model=policy,
+        args=SFTConfig(output_dir=str(output / "sft"), max_steps=steps, per_device_train_batch_size=4, learning_rate=2e-4, max_length=192, **common),
+        train_dataset=load_sample("sft"),
+        processing_class=tokenizer,
+        peft_config=_lora("CAUSAL_LM"),
+    )
+    sft.train()
+    folders["sft"] = save_for_hub(sft.model, tokenizer, output / "sft")
+
+    logger.info("[demo] stage 2/2: reward model on the shipped preference pairs")
+    reward_model, rm_tokenizer = load_sequence_classifier(folders["sft"])
+    rm = RewardTrainer(
+        model=reward_model,
+        args=RewardConfig(output_dir=str(output / "reward_model"), max_steps=steps, per_device_train_batch_size=4, learning_rate=2e-4, max_length=256, **common),
+        train_dataset=load_sample("preferences"),
+        processing_class=rm_tokenizer,
+        peft_config=_lora("SEQ_CLS"),
+    )
+    rm.train()
+    folders["reward_model"] = save_for_hub(rm.model, rm_tokenizer, output / "reward_model")
+
+    logger.info("[demo] done in %.0f s: %s", time.time() - started, folders)
+    return folders

@@ -1,0 +1,5 @@
+"""Hub-format export of every stage's model."""
+
+from .export import save_for_hub
+
+__all__ = ["save_for_hub"]
