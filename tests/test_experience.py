@@ -49,6 +49,16 @@ class ForceTokens(LogitsProcessor):
         return scores
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine the thread
+    spin-waiting made this file ~10x slower. Restored for the other test modules."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def tokenizer(smol_tokenizer):
     return copy.deepcopy(smol_tokenizer)
@@ -421,7 +431,8 @@ def test_buffer_minibatches_cover_every_sample_once_per_epoch(models, tokenizer,
     buffer.append(more)
     merged = buffer.collate()
     key = {tuple(merged.sequences[i][merged.attention_mask[i].bool()].tolist()): i for i in range(len(merged))}
-    batches = list(buffer.iter_minibatches(num_mini_batches=2, num_ppo_epochs=3, generator=torch.Generator().manual_seed(0)))
+    generator = torch.Generator().manual_seed(0)
+    batches = list(buffer.iter_minibatches(num_mini_batches=2, num_ppo_epochs=3, generator=generator))
     assert len(batches) == 6
     orders = []
     for epoch in range(3):

@@ -86,7 +86,9 @@ class PPOConfig(CoatiArgumentsMixin, TrainingArguments):
     )
     use_liger_kernel: bool = field(
         default=False,
-        metadata={"help": "Enable Liger Kernel optimizations. Increases throughput by ~20%% and reduces memory by ~60%%."},
+        metadata={
+            "help": "Enable Liger Kernel optimizations. Increases throughput by ~20%% and reduces memory by ~60%%."
+        },
     )
     torch_empty_cache_steps: int | None = field(
         default=None,
@@ -227,7 +229,9 @@ class PPOConfig(CoatiArgumentsMixin, TrainingArguments):
         },
     )
     kl_target: float = field(default=6.0, metadata={"help": "Target KL of the adaptive KL controller."})
-    kl_horizon: float = field(default=10000.0, metadata={"help": "Horizon (in episodes) of the adaptive KL controller."})
+    kl_horizon: float = field(
+        default=10000.0, metadata={"help": "Horizon (in episodes) of the adaptive KL controller."}
+    )
     reward_placement: Literal["last_token", "all_tokens"] = field(
         default="last_token",
         metadata={

@@ -296,10 +296,10 @@ def _device_of(model) -> torch.device:
 @contextmanager
 def _eval_mode(*models):
     """Put every module of ``models`` in eval mode; restore each module's flag afterwards."""
-    saved = [(module, module.training) for model in models if isinstance(model, torch.nn.Module) for module in model.modules()]
-    for model in models:
-        if isinstance(model, torch.nn.Module):
-            model.eval()
+    modules = [model for model in models if isinstance(model, torch.nn.Module)]
+    saved = [(module, module.training) for model in modules for module in model.modules()]
+    for model in modules:
+        model.eval()
     try:
         yield
     finally:
@@ -354,7 +354,9 @@ class ExperienceMaker:
         if ref_policy is not None and ref_policy is policy:
             raise ValueError("policy and ref_policy cannot be the same object: pass a copy, or None with a peft policy")
         if ref_policy is None and not hasattr(policy, "disable_adapter"):
-            raise ValueError("ref_policy=None needs a peft policy (the reference is the policy with its adapter disabled)")
+            raise ValueError(
+                "ref_policy=None needs a peft policy (the reference is the policy with its adapter disabled)"
+            )
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs a pad token (see coati_hf.models.ensure_pad_token)")
         self.policy = policy

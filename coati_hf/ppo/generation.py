@@ -99,7 +99,9 @@ def position_ids_from_attention_mask(attention_mask: torch.Tensor) -> torch.Tens
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
-def left_pad(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each row's attended tokens to the right end (left padding), whatever the padding
     was; columns that are padding in every row are dropped."""
     mask = attention_mask.bool()
