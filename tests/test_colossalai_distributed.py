@@ -74,6 +74,12 @@ _SCENARIO_OF = {
     "export_files": "export",
     "export_changed_from_init": "export",
     "two_models": "two_models",
+    "second_train_losses": "trainer",
+    "eval_loss": "trainer",
+    "lora_losses": "trainer",
+    "state_files": "accelerator_state",
+    "state_continued_losses": "accelerator_state",
+    "state_reloaded_losses": "accelerator_state",
     "sft_losses": "trl",
     "reward_losses": "trl",
 }
@@ -162,6 +168,28 @@ def test_two_models_with_own_optimizers_match_ddp(ranks, index):
     ddp = [step[index] for step in runs["ddp"]]
     zero2 = [step[index] for step in runs["zero2"]]
     assert zero2 == pytest.approx(ddp, rel=REL)
+
+
+def test_second_train_call_and_evaluate_match_ddp(ranks):
+    second = _result(ranks, "second_train_losses")
+    assert second["zero2"] == pytest.approx(second["ddp"], rel=REL)
+    assert second["ddp"][0] < _result(ranks, "trainer_losses")["ddp"][-1] + 0.1  # continued from the trained model
+    evaluated = _result(ranks, "eval_loss")
+    assert evaluated["zero2"] == pytest.approx(evaluated["ddp"], rel=REL)
+
+
+def test_lora_under_zero2_matches_ddp(ranks):
+    losses = _result(ranks, "lora_losses")
+    assert losses["zero2"] == pytest.approx(losses["ddp"], rel=REL)
+    assert losses["ddp"][-1] < losses["ddp"][0]
+
+
+def test_accelerator_save_and_load_state(ranks):
+    files = set(_result(ranks, "state_files"))
+    assert {"colossalai_model.bin", "colossalai_optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= files
+    continued = _result(ranks, "state_continued_losses")
+    assert len(continued) == 3
+    assert _result(ranks, "state_reloaded_losses") == pytest.approx(continued, rel=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["sft_losses", "reward_losses"])

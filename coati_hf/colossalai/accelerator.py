@@ -196,7 +196,7 @@ class ColossalAIAccelerator(Accelerator):
             if done[k]:
                 continue
             if isinstance(obj, (ModelWrapper, OptimizerWrapper)):
-                results[k] = obj  # already boosted
+                results[k] = self._register_boosted(obj)  # boosted earlier (e.g. a second Trainer.train())
             elif isinstance(obj, torch.utils.data.DataLoader):
                 results[k] = self.prepare_data_loader(obj, device_placement=device_placement[k])
             elif isinstance(obj, torch.optim.lr_scheduler.LRScheduler):
@@ -223,12 +223,58 @@ class ColossalAIAccelerator(Accelerator):
             )
         return self._boost(record.model, optimizer, record=record).optimizer
 
+    def prepare_scheduler(self, scheduler):
+        """Accelerate's ``AcceleratedScheduler``, tied to the boosted optimizer that drives it.
+
+        A scheduler built on an Adam/AdamW that was swapped for HybridAdam is re-pointed at
+        the HybridAdam.
+        """
+        from accelerate.scheduler import AcceleratedScheduler
+
+        if getattr(scheduler, "_is_accelerate_prepared", False):
+            if scheduler not in self._schedulers:
+                self._schedulers.append(scheduler)
+            return scheduler
+        target = getattr(scheduler, "optimizer", None)
+        optimizers = self._optimizers
+        for opt in self._optimizers:
+            if target is inner_optimizer(opt):
+                optimizers = opt
+                break
+            if target is not None and target is getattr(opt, "_coati_hf_replaced_optimizer", None):
+                scheduler.optimizer, optimizers = inner_optimizer(opt), opt
+                break
+        scheduler = AcceleratedScheduler(
+            scheduler, optimizers, step_with_optimizer=self.step_scheduler_with_optimizer, split_batches=self.split_batches
+        )
+        self._schedulers.append(scheduler)
+        return scheduler
+
+    def _register_boosted(self, obj):
+        """Track an object boosted before ``free_memory()`` (the Trainer frees at every ``train()``)."""
+        from colossalai.interface import OptimizerWrapper
+
+        model = getattr(obj, "_coati_hf_boosted_model", None) if isinstance(obj, OptimizerWrapper) else obj
+        if model is None:
+            raise ValueError("This optimizer was boosted outside ColossalAIAccelerator; prepare the raw optimizer instead")
+        record = self._record_for_model(model)
+        if record is None:
+            record = _Boosted(model, None, frozenset(id(p) for p in model.parameters()))
+            self._boosted.append(record)
+            self._models.append(model)
+        if isinstance(obj, OptimizerWrapper) and record.optimizer is not obj:
+            record.optimizer = obj
+            self._optimizers.append(obj)
+        return obj
+
     def _boost(self, model, optimizer, record: _Boosted | None = None) -> _Boosted:
         from colossalai.interface import OptimizerWrapper
 
         plugin = self.colossalai_plugin
+        replaced = None
         if optimizer is not None and plugin.uses_hybrid_adam:
-            optimizer = to_hybrid_adam(optimizer)
+            replaced, optimizer = optimizer, to_hybrid_adam(optimizer)
+            replaced = replaced if replaced is not optimizer else None
         if record is not None and plugin.strategy == "ddp":
             boosted_model, boosted_optimizer = record.model, OptimizerWrapper(optimizer)
         else:
@@ -241,6 +287,8 @@ class ColossalAIAccelerator(Accelerator):
             self._models.append(boosted_model)
         if boosted_optimizer is not None:
             record.optimizer = boosted_optimizer
+            boosted_optimizer._coati_hf_boosted_model = boosted_model
+            boosted_optimizer._coati_hf_replaced_optimizer = replaced
             _track_skipped_steps(boosted_optimizer)
             self._optimizers.append(boosted_optimizer)
             if self._is_zero(boosted_optimizer):
@@ -565,7 +613,7 @@ def to_hybrid_adam(optimizer):
     if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
         logger.warning("Keeping optimizer %s (only Adam/AdamW are swapped for HybridAdam)", type(optimizer).__name__)
         return optimizer
-    keys = ("params", "lr", "betas", "eps", "weight_decay")
+    keys = ("params", "lr", "betas", "eps", "weight_decay", "initial_lr")
     groups = [{k: g[k] for k in keys if k in g} for g in optimizer.param_groups]
     defaults = optimizer.defaults
     return HybridAdam(

@@ -18,6 +18,8 @@ Scenarios (all fp32 unless named):
 - two_models: actor + critic with their own optimizers through the accelerator (PPO's
   shape), ddp vs zero2.
 - env_var: strategy picked from $COATI_HF_STRATEGY.
+- second train() on the same trainer, evaluate() after training, LoRA (peft) under zero2.
+- accelerator_state: ColossalAIAccelerator.save_state/load_state in a hand-written loop.
 """
 
 from __future__ import annotations
@@ -138,6 +140,26 @@ def scenario_trainer(tokenizer, dataset, workdir, out):
     for strategy in ("ddp", "zero1", "zero2"):
         trainer = run_trainer(tokenizer, dataset, strategy, workdir, per_device_train_batch_size=2, gradient_accumulation_steps=2)
         out["trainer_losses_accum2"][strategy] = losses_of(trainer)
+    out["second_train_losses"], out["eval_loss"] = {}, {}
+    for strategy in ("ddp", "zero2"):
+        trainer = run_trainer(tokenizer, dataset, strategy, workdir)
+        out["eval_loss"][strategy] = trainer.evaluate(eval_dataset=dataset.select(range(16)))["eval_loss"]
+        trainer.train()  # a second train() on the same trainer re-prepares the already boosted objects
+        out["second_train_losses"][strategy] = losses_of(trainer)
+    out["lora_losses"] = {}
+    for strategy in ("ddp", "zero2"):
+        from peft import LoraConfig, get_peft_model
+
+        model, _ = make_tiny_llama(seed=0, tokenizer=tokenizer)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        trainer = MixinTrainer(
+            model=model,
+            args=training_args(os.path.join(workdir, f"lora-{strategy}"), learning_rate=1e-2),
+            train_dataset=dataset,
+            colossalai_plugin=strategy,
+        )
+        trainer.train()
+        out["lora_losses"][strategy] = losses_of(trainer)
     trainer = run_trainer(tokenizer, dataset, "zero2", workdir, bf16=True)
     out["bf16_zero2_losses"] = losses_of(trainer)
     out["bf16_zero2_param_dtype"] = str(next(trainer.model.parameters()).dtype)
@@ -190,6 +212,46 @@ def scenario_export(tokenizer, dataset, workdir, out):
     out["export_max_abs_diff"] = max((trained[k] - reloaded_state[k]).abs().max().item() for k in trained if k in reloaded_state)
     initial, _ = make_tiny_llama(seed=0, tokenizer=tokenizer)
     out["export_changed_from_init"] = max((initial.state_dict()[k] - reloaded_state[k]).abs().max().item() for k in reloaded_state)
+
+
+def scenario_accelerator_state(tokenizer, dataset, workdir, out):
+    """ColossalAIAccelerator.save_state / load_state in a hand-written loop (zero2)."""
+    from torch.utils.data import DataLoader
+
+    from coati_hf.colossalai import ColossalAIAccelerator
+
+    def build(seed):
+        accelerator = ColossalAIAccelerator(colossalai_plugin="zero2", cpu=True)
+        model, _ = make_tiny_llama(seed=seed, tokenizer=tokenizer)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+        scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.1, total_iters=12)
+        loader = DataLoader(dataset.with_format("torch"), batch_size=4)
+        return (accelerator, *accelerator.prepare(model, optimizer, loader, scheduler))
+
+    def train(accelerator, model, optimizer, scheduler, batches):
+        losses = []
+        for batch in batches:
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+        return losses
+
+    state_dir = os.path.join(workdir, "accelerator_state")
+    accelerator, model, optimizer, loader, scheduler = build(seed=0)
+    batches = list(loader)[:6]
+    train(accelerator, model, optimizer, scheduler, batches[:3])
+    accelerator.save_state(state_dir)
+    out["state_files"] = sorted(os.listdir(state_dir))
+    out["state_continued_losses"] = train(accelerator, model, optimizer, scheduler, batches[3:])
+    accelerator.free_memory()
+    accelerator, model, optimizer, loader, scheduler = build(seed=1)  # different init: all must come from the folder
+    accelerator.load_state(state_dir)
+    out["state_reloaded_losses"] = train(accelerator, model, optimizer, scheduler, batches[3:])
+    accelerator.free_memory()
 
 
 def scenario_trl(tokenizer, workdir, out):
@@ -276,6 +338,7 @@ def main():
             ("resume", lambda: scenario_resume(tokenizer, dataset, workdir, out)),
             ("export", lambda: scenario_export(tokenizer, dataset, workdir, out)),
             ("two_models", lambda: scenario_two_models(tokenizer, out)),
+            ("accelerator_state", lambda: scenario_accelerator_state(tokenizer, dataset, workdir, out)),
             ("trl", lambda: scenario_trl(tokenizer, workdir, out)),
         ]:
             t0 = time.time()
