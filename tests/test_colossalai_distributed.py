@@ -80,6 +80,7 @@ _SCENARIO_OF = {
     "state_files": "accelerator_state",
     "state_continued_losses": "accelerator_state",
     "state_reloaded_losses": "accelerator_state",
+    "reload_weights": "reload_weights",
     "sft_losses": "trl",
     "reward_losses": "trl",
 }
@@ -190,6 +191,13 @@ def test_accelerator_save_and_load_state(ranks):
     continued = _result(ranks, "state_continued_losses")
     assert len(continued) == 3
     assert _result(ranks, "state_reloaded_losses") == pytest.approx(continued, rel=1e-6)
+
+
+def test_weights_loaded_after_boosting_survive_the_next_step(ranks):
+    runs = _result(ranks, "reload_weights")
+    for strategy in ("ddp", "zero2"):
+        assert runs[strategy][2] == pytest.approx(runs[strategy][0], rel=1e-6)  # the initial weights are back
+    assert runs["zero2"] == pytest.approx(runs["ddp"], rel=REL)  # and ZeRO's master copy follows them
 
 
 @pytest.mark.parametrize("kind", ["sft_losses", "reward_losses"])

@@ -156,7 +156,6 @@ class ColossalAIAccelerator(Accelerator):
             apply_cpu_shim()
 
         self.colossalai_plugin = plugin
-        self._colossalai_device_type = device_type
         self.booster = Booster(
             plugin=plugin.build(device_type=device_type),
             # TorchDDPPlugin leaves precision to the Booster; only fp16 has an implementation there
@@ -178,6 +177,9 @@ class ColossalAIAccelerator(Accelerator):
             device_placement = [None] * len(args)
         results = list(args)
         done = [False] * len(args)
+        for k, obj in enumerate(args):
+            if isinstance(obj, (ModelWrapper, OptimizerWrapper)):  # boosted earlier (e.g. a second Trainer.train())
+                results[k], done[k] = self._register_boosted(obj), True
 
         models = [i for i, obj in enumerate(args) if isinstance(obj, torch.nn.Module) and not isinstance(obj, ModelWrapper)]
         optimizers = [i for i, obj in enumerate(args) if isinstance(obj, torch.optim.Optimizer)]
@@ -195,9 +197,7 @@ class ColossalAIAccelerator(Accelerator):
         for k, obj in enumerate(args):
             if done[k]:
                 continue
-            if isinstance(obj, (ModelWrapper, OptimizerWrapper)):
-                results[k] = self._register_boosted(obj)  # boosted earlier (e.g. a second Trainer.train())
-            elif isinstance(obj, torch.utils.data.DataLoader):
+            if isinstance(obj, torch.utils.data.DataLoader):
                 results[k] = self.prepare_data_loader(obj, device_placement=device_placement[k])
             elif isinstance(obj, torch.optim.lr_scheduler.LRScheduler):
                 results[k] = self.prepare_scheduler(obj)
@@ -317,7 +317,7 @@ class ColossalAIAccelerator(Accelerator):
             return optimizers[0] if optimizers else None
         in_graph = _parameter_ids_in_graph(loss)
         owners = [r.optimizer for r in self._boosted if r.optimizer is not None and r.param_ids & in_graph]
-        if len(owners) > 1 and any(not self._is_ddp(o) for o in owners):
+        if len(owners) > 1 and not self._is_ddp:
             raise ValueError(
                 "This loss depends on the parameters of several ZeRO/Gemini-boosted models; call "
                 "accelerator.backward(loss_i, optimizer=opt_i) once per model's own loss instead"
@@ -336,7 +336,7 @@ class ColossalAIAccelerator(Accelerator):
         parameters = list(parameters)
         record = self._record_for_parameters(parameters)
         optimizer = record.optimizer if record is not None else None
-        if optimizer is None or self._is_ddp(optimizer):
+        if optimizer is None or self._is_ddp:
             return super().clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
         if float(norm_type) != 2.0:
             raise ValueError("ColossalAI's sharded optimizers clip by the 2-norm only")
@@ -384,6 +384,20 @@ class ColossalAIAccelerator(Accelerator):
         return super().get_state_dict(model, unwrap=unwrap)
 
     # ---- checkpoints -------------------------------------------------------------------------
+    def sync_master_weights(self, model=None) -> None:
+        """Copy the model's working weights into ZeRO's fp32 master shards.
+
+        ZeRO steps master copies of the weights and writes them back to the model. Weights
+        loaded into a model *after* it was boosted (``load_state_dict`` on the unwrapped
+        module) are therefore overwritten at the next step unless this is called. A no-op
+        for DDP and for models without a ZeRO optimizer. ``model=None``: every boosted model.
+        """
+        for record in self._boosted:
+            if model is not None and record is not self._record_for_model(model):
+                continue
+            if record.optimizer is not None and self._is_zero(record.optimizer):
+                record.optimizer.update_master_params(record.model)
+
     def save_optimizer(self, optimizer, path: str) -> None:
         """Write the full (gathered) optimizer state to one file. Call on every rank."""
         self.booster.save_optimizer(optimizer, path, shard=False)
@@ -484,7 +498,8 @@ class ColossalAIAccelerator(Accelerator):
 
         return isinstance(optimizer, LowLevelZeroOptimizer)
 
-    def _is_ddp(self, optimizer) -> bool:
+    @property
+    def _is_ddp(self) -> bool:
         return self.colossalai_plugin.strategy == "ddp"
 
 

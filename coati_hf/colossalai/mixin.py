@@ -23,7 +23,9 @@ What the mixin changes when a strategy is selected:
   optimizer is not a ``torch.optim.Optimizer``).
 - ``_save_optimizer_and_scheduler`` / ``_load_optimizer_and_scheduler``: the optimizer
   state is gathered on every rank and written once by rank 0 (``optimizer.pt``, the
-  Trainer's own file name); on resume every rank takes its shard.
+  Trainer's own file name); on resume every rank takes its shard. Loading first re-syncs
+  ZeRO's fp32 master weights from the model, so weights loaded into the boosted model
+  just before (a trainer's own resume code) are not undone by the next step.
 - ``_save``: the model is exported in Hub format (``save_pretrained`` on rank 0, full
   weights, gathered first under Gemini), then all ranks wait at a barrier.
 
@@ -114,6 +116,9 @@ class ColossalAIMixin:
 
         optimizer_file = os.path.join(checkpoint, OPTIMIZER_NAME)
         scheduler_file = os.path.join(checkpoint, SCHEDULER_NAME)
+        # Weights may have been loaded into the already boosted model just before (a custom
+        # resume): make ZeRO's master copy follow them, or the next step would undo the load.
+        self.accelerator.sync_master_weights()
         if not (os.path.isfile(optimizer_file) and os.path.isfile(scheduler_file)):
             return
         self.accelerator.load_optimizer(self.optimizer, optimizer_file)

@@ -20,6 +20,7 @@ Scenarios (all fp32 unless named):
 - env_var: strategy picked from $COATI_HF_STRATEGY.
 - second train() on the same trainer, evaluate() after training, LoRA (peft) under zero2.
 - accelerator_state: ColossalAIAccelerator.save_state/load_state in a hand-written loop.
+- reload_weights: weights loaded into a boosted model + sync_master_weights(), ddp vs zero2.
 """
 
 from __future__ import annotations
@@ -214,6 +215,32 @@ def scenario_export(tokenizer, dataset, workdir, out):
     out["export_changed_from_init"] = max((initial.state_dict()[k] - reloaded_state[k]).abs().max().item() for k in reloaded_state)
 
 
+def scenario_reload_weights(tokenizer, out):
+    """Weights loaded into an already boosted model, then sync_master_weights() (a custom resume)."""
+    from coati_hf.colossalai import ColossalAIAccelerator
+
+    out["reload_weights"] = {}
+    ids = torch.arange(24).reshape(2, 12) * 37 % 1000 + 5 + int(os.environ.get("RANK", 0))
+    for strategy in ("ddp", "zero2"):
+        accelerator = ColossalAIAccelerator(colossalai_plugin=strategy, cpu=True)
+        model, _ = make_tiny_llama(seed=0, tokenizer=tokenizer)
+        initial = copy.deepcopy(model.state_dict())
+        optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        losses = []
+        for step in range(4):
+            if step == 2:
+                accelerator.unwrap_model(model).load_state_dict(initial)
+                accelerator.sync_master_weights()
+            loss = model(input_ids=ids, labels=ids).loss
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+        out["reload_weights"][strategy] = losses
+        accelerator.free_memory()
+
+
 def scenario_accelerator_state(tokenizer, dataset, workdir, out):
     """ColossalAIAccelerator.save_state / load_state in a hand-written loop (zero2)."""
     from torch.utils.data import DataLoader
@@ -339,6 +366,7 @@ def main():
             ("export", lambda: scenario_export(tokenizer, dataset, workdir, out)),
             ("two_models", lambda: scenario_two_models(tokenizer, out)),
             ("accelerator_state", lambda: scenario_accelerator_state(tokenizer, dataset, workdir, out)),
+            ("reload_weights", lambda: scenario_reload_weights(tokenizer, out)),
             ("trl", lambda: scenario_trl(tokenizer, workdir, out)),
         ]:
             t0 = time.time()
