@@ -293,6 +293,19 @@ def _device_of(model) -> torch.device:
         return torch.device("cpu")
 
 
+def _embeddable_pad_id(tokenizer, model) -> int:
+    """The id that fills padding in model inputs: the tokenizer's pad id when the model can embed
+    it, else EOS (or 0). Tokenizers often get a brand-new pad token (TRL's examples add
+    ``[PAD]``) that the embedding table never grew for; padding is masked, so any embeddable id
+    will do, but an out-of-range one crashes the embedding lookup."""
+    pad_id = tokenizer.pad_token_id
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is None or pad_id < embeddings.num_embeddings:
+        return pad_id
+    eos_id = tokenizer.eos_token_id
+    return eos_id if eos_id is not None and eos_id < embeddings.num_embeddings else 0
+
+
 @contextmanager
 def _eval_mode(*models):
     """Put every module of ``models`` in eval mode; restore each module's flag afterwards."""
@@ -360,6 +373,7 @@ class ExperienceMaker:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs a pad token (see coati_hf.models.ensure_pad_token)")
         self.policy = policy
+        self.pad_token_id = _embeddable_pad_id(tokenizer, policy)
         self.ref_policy = ref_policy
         self.critic = critic
         self.reward_model = reward_model
@@ -392,7 +406,7 @@ class ExperienceMaker:
         """Generate, score and evaluate responses to ``prompts`` (chat-formatted strings, or a
         mapping with ``input_ids`` and ``attention_mask``, any padding side)."""
         config = self.config
-        pad_id = self.tokenizer.pad_token_id
+        pad_id = self.pad_token_id
         chunk = config.local_rollout_forward_batch_size
         with _eval_mode(self.policy, self.ref_policy, self.critic, self.reward_model):
             prompt_ids, prompt_mask, prompt_texts, num_truncated = self._prepare_prompts(prompts)
@@ -521,7 +535,7 @@ class ExperienceMaker:
                 texts, add_special_tokens=self.prompt_add_special_tokens, padding=True, return_tensors="pt"
             )
             input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        input_ids, attention_mask = left_pad(input_ids, attention_mask, tokenizer.pad_token_id)
+        input_ids, attention_mask = left_pad(input_ids, attention_mask, self.pad_token_id)
         if not bool(attention_mask.sum(dim=-1).gt(0).all()):
             raise ValueError("an empty prompt (no attended token) cannot be continued")
         num_truncated = 0

@@ -1,0 +1,631 @@
+r"""``PPOTrainer``: TRL 1.12's PPO interface, Coati's experience maker, critic and PTX loss inside.
+
+One update (``global_step``) of the loop, top to bottom::
+
+    prompts  = next batch of ``local_batch_size`` prompts (per_device_train_batch_size × GA)
+    for chunk of ``experience_batch_size`` prompts:            # ExperienceMaker, no grad
+        buffer.append(generate → score → log-probs → values → KL-shaped rewards → GAE)
+    repeat num_ppo_epochs:
+        for minibatch in num_mini_batches shuffled minibatches:   # one optimizer step each
+            for micro-batch of per_device_train_batch_size rows:  # gradient accumulation
+                logπ, V  = model(micro)                            # same positions as the rollout
+                L_actor  = (1 − ptx_coef)·L_clip(logπ, logπ_old, A) + ptx_coef·L_LM(pretrain batch)
+                L        = L_actor + vf_coef·L_V(V, V_old, R)
+    lr_scheduler.step(); KL controller update; log; maybe save a checkpoint
+
+The math of each term lives in :mod:`coati_hf.ppo.losses`, :mod:`.advantages` and :mod:`.kl`.
+
+Roles and memory. ``model`` is the actor. ``ref_model=None``: a frozen copy of it, or, with
+``peft_config``, the actor with its adapter disabled. ``value_model=None``: a critic initialised
+from the reward model (Coati), or from the actor's backbone when the reward is a Python callable;
+with ``peft_config`` the critic *is* the reward model plus its own LoRA adapter and head, and the
+reward is that model with the adapter disabled — four roles on two backbones.
+
+Saving. ``save_model(dir)`` writes the actor at ``dir`` (merged weights when LoRA was used, the
+adapter in ``dir/adapter``) and the critic in ``dir/critic`` as a sequence-classification model;
+both reload with plain ``from_pretrained``. Checkpoints add the optimizer, scheduler, RNG states,
+trainer state and the KL coefficient, so ``train(resume_from_checkpoint=...)`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+
+import torch
+from torch import nn
+from transformers import DataCollatorWithPadding, TrainerCallback
+from transformers.trainer_utils import TrainOutput
+from trl.trainer.base_trainer import _BaseTrainer
+
+from ..colossalai import ColossalAIMixin
+from ..hub.export import save_for_hub
+from ..models.loading import init_value_head
+from ..trainer_common import coati_tags, prepare_pad_token
+from .buffer import ReplayBuffer
+from .config import PPOConfig
+from .experience import ExperienceMaker, forward_logprobs, forward_values
+from .kl import build_kl_controller
+from .advantages import masked_mean
+from .losses import mix_ptx_loss, policy_loss, ratio_guard_exceeded, value_loss
+from .prompts import PromptBatcher, prepare_pretrain_blocks, prepare_prompt_dataset
+
+logger = logging.getLogger(__name__)
+
+CRITIC_SUBFOLDER = "critic"
+PPO_STATE_NAME = "ppo_state.json"
+
+
+class PolicyAndValueWrapper(nn.Module):
+    """Actor and critic as one module, so one optimizer and one distributed wrapper hold both.
+
+    ``forward`` returns the response log-probs, their entropy and the critic's values at the
+    same positions the :class:`~coati_hf.ppo.experience.ExperienceMaker` used, and, when a
+    pretraining batch is given, the actor's language-modelling loss on it (the PTX term).
+    """
+
+    def __init__(self, policy: nn.Module, value_model: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        self.critic_backbone = getattr(value_model, "base_model_prefix", "model")
+
+    @property
+    def config(self):
+        return self.policy.config
+
+    def gradient_checkpointing_enable(self, **kwargs):
+        self.policy.gradient_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_disable(self):
+        self.policy.gradient_checkpointing_disable()
+
+    def forward(
+        self,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_length: int,
+        temperature: float = 1.0,
+        value_at: str = "state",
+        ptx_input_ids: torch.Tensor | None = None,
+        ptx_attention_mask: torch.Tensor | None = None,
+    ):
+        logprobs, entropy = forward_logprobs(
+            self.policy, sequences, attention_mask, prompt_length, temperature, return_entropy=True
+        )
+        values = forward_values(self.value_model, sequences, attention_mask, prompt_length, value_at)
+        ptx_loss = None
+        if ptx_input_ids is not None:
+            labels = ptx_input_ids.masked_fill(ptx_attention_mask == 0, -100)
+            ptx_loss = self.policy(input_ids=ptx_input_ids, attention_mask=ptx_attention_mask, labels=labels).loss
+        return logprobs, entropy, values, ptx_loss
+
+
+class PPOTrainer(ColossalAIMixin, _BaseTrainer):
+    """PPO with TRL 1.12's constructor, config names and attributes, and Coati's additions.
+
+    Extra keyword arguments beyond TRL's: ``reward_processing_class`` (the reward model's own
+    tokenizer, when it differs from the policy's), ``pretrain_dataset`` (text for the PTX loss,
+    any source :func:`coati_hf.data.load_pretrain_dataset` reads), ``colossalai_plugin``.
+    """
+
+    _tag_names = ["trl", "ppo", *coati_tags("ppo")]
+    _name = "PPO"
+    _paper = {
+        "title": "Fine-Tuning Language Models from Human Preferences",
+        "id": "1909.08593",
+        "citation": "@article{mziegler2019fine-tuning, title={Fine-Tuning Language Models from Human Preferences}, "
+        "author={Daniel M. Ziegler and Nisan Stiennon and Jeffrey Wu and Tom B. Brown and Alec Radford and "
+        "Dario Amodei and Paul F. Christiano and Geoffrey Irving}, year=2019, eprint={arXiv:1909.08593}}",
+    }
+
+    def __init__(
+        self,
+        args: PPOConfig,
+        processing_class,
+        model,
+        ref_model,
+        reward_model,
+        train_dataset,
+        value_model=None,
+        data_collator=None,
+        eval_dataset=None,
+        optimizers=(None, None),
+        callbacks: list[TrainerCallback] | None = None,
+        peft_config=None,
+        *,
+        reward_processing_class=None,
+        pretrain_dataset=None,
+        colossalai_plugin=None,
+    ) -> None:
+        if not isinstance(args, PPOConfig):
+            raise TypeError(f"args must be a coati_hf.PPOConfig, got {type(args).__name__}")
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required")
+        if ref_model is not None and ref_model is model:
+            raise ValueError(
+                "`model` and `ref_model` cannot be the same object. If you want `ref_model` to be the same as "
+                "`model`, you must make a copy of it, or `None` if you use peft."
+            )
+        if processing_class is None:
+            raise ValueError("processing_class (the policy's tokenizer) is required")
+        prepare_pad_token(processing_class, model, role="policy")
+
+        # --- reward ------------------------------------------------------------------------
+        reward_is_function = callable(reward_model) and not isinstance(reward_model, nn.Module)
+        if reward_model is None:
+            raise ValueError("reward_model is required: a sequence-classification model or a callable")
+        if not reward_is_function:
+            _check_one_label(reward_model, "reward_model")
+            reward_processing_class = _reward_tokenizer(reward_model, processing_class, reward_processing_class)
+        if value_model is not None:
+            _check_one_label(value_model, "value_model")
+
+        # --- roles: actor, reference, critic (and the shared reward backbone with peft) ------
+        self.is_peft_model = False
+        if peft_config is not None:
+            from peft import PeftModel, get_peft_model
+
+            if isinstance(model, PeftModel):
+                raise ValueError(
+                    "You passed a `PeftModel` together with a `peft_config`; merge and unload its adapter first, "
+                    "or pass the base model."
+                )
+            model = get_peft_model(model, copy.deepcopy(peft_config))
+        self.is_peft_model = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+        if ref_model is None and not self.is_peft_model:
+            ref_model = _frozen_copy(model)
+        self.reward_shares_critic = False
+        if value_model is None:
+            if reward_is_function:
+                value_model = _critic_from_policy(model)
+            elif peft_config is not None:
+                value_model = _critic_adapter_on(reward_model, peft_config)
+                self.reward_shares_critic = True
+            else:
+                value_model = copy.deepcopy(reward_model)
+        for module in (model, ref_model, value_model, None if reward_is_function else reward_model):
+            if module is not None:
+                _disable_dropout(module)
+        if ref_model is not None:
+            ref_model.requires_grad_(False).eval()
+        if not reward_is_function and not self.reward_shares_critic:
+            reward_model.requires_grad_(False).eval()
+
+        self.policy_model = model
+        self.ref_model = ref_model
+        self.reward_model = reward_model
+        self.value_model = value_model
+        self.reward_processing_class = reward_processing_class
+
+        # --- data -------------------------------------------------------------------------
+        max_context = getattr(model.config, "max_position_embeddings", None)
+        train_dataset = prepare_prompt_dataset(train_dataset, processing_class, args, "train", max_context)
+        if eval_dataset is not None:
+            eval_dataset = prepare_prompt_dataset(eval_dataset, processing_class, args, "eval", max_context)
+        self.pretrain_blocks = None
+        if args.ptx_coef > 0:
+            if pretrain_dataset is None:
+                raise ValueError("ptx_coef > 0 needs a pretrain_dataset (text for the PTX language-modelling loss)")
+            self.pretrain_blocks = prepare_pretrain_blocks(pretrain_dataset, processing_class, args)
+        if data_collator is None:
+            data_collator = DataCollatorWithPadding(processing_class)
+
+        wrapper = PolicyAndValueWrapper(model, value_model)
+        super().__init__(
+            model=wrapper,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            colossalai_plugin=colossalai_plugin,
+        )
+        args.compute_batch_sizes(world_size=self.accelerator.num_processes, train_dataset_len=len(train_dataset))
+        self.kl_controller = build_kl_controller(args)
+        self.experience_maker = ExperienceMaker(
+            policy=model,
+            ref_policy=ref_model,
+            critic=value_model,
+            reward_model=value_model if self.reward_shares_critic else reward_model,
+            tokenizer=processing_class,
+            config=args,
+            reward_tokenizer=reward_processing_class,
+            kl_controller=self.kl_controller,
+        )
+        device = self.accelerator.device
+        if ref_model is not None:
+            ref_model.to(device)
+        if not reward_is_function and not self.reward_shares_critic:
+            reward_model.to(device)
+        if hasattr(model, "add_model_tags"):
+            model.add_model_tags(self._tag_names)
+
+    # ------------------------------------------------------------------------------------
+    # training loop
+    # ------------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, **_kwargs):
+        args = self.args
+        accelerator = self.accelerator
+        if resume_from_checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume_from_checkpoint = get_last_checkpoint(args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No checkpoint found in {args.output_dir} to resume from")
+
+        self.create_optimizer_and_scheduler(num_training_steps=args.num_total_batches)
+        if args.gradient_checkpointing:
+            self.model.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+        micro_steps = args.local_mini_batch_size // args.per_device_train_batch_size
+        accelerator.gradient_accumulation_steps = max(1, micro_steps)
+        self.model_wrapped, self.optimizer = accelerator.prepare(self.model, self.optimizer)
+        model = self.model_wrapped
+
+        self.state.max_steps = args.num_total_batches
+        self.state.num_train_epochs = args.total_episodes / len(self.train_dataset)
+        self.state.compute_steps(args, args.num_total_batches)
+        self.state.global_step = 0
+        self.state.episode = 0
+        if resume_from_checkpoint:
+            self._resume(resume_from_checkpoint)
+        batcher = PromptBatcher(len(self.train_dataset), args.local_batch_size, args.seed, accelerator.process_index, accelerator.num_processes)
+        ptx_batches = self._ptx_batches()
+        buffer = ReplayBuffer()
+        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
+        start_time = time.time()
+        start_step = self.state.global_step
+
+        for update in range(self.state.global_step + 1, args.num_total_batches + 1):
+            self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
+            rows = [self.train_dataset[int(i)] for i in batcher.batch(update - 1)]
+            self.model.eval()
+            for start in range(0, len(rows), args.experience_batch_size):
+                chunk = self.data_collator([{"input_ids": r["input_ids"]} for r in rows[start : start + args.experience_batch_size]])
+                buffer.append(self.experience_maker.make_experience(chunk))
+            if len(buffer.infos) > 1 and args.whiten_advantages:
+                buffer.whiten_advantages()
+            self.model.train()
+            stats = self._optimize(model, buffer, ptx_batches)
+            rollout = _merge_infos(buffer.infos)
+            buffer.clear()
+
+            self.kl_controller.update(rollout["kl"], args.batch_size)
+            self.lr_scheduler.step()
+            self.state.global_step += 1
+            self.state.episode += args.batch_size
+            self.state.epoch = self.state.episode / len(self.train_dataset)
+            metrics = self._metrics(rollout, stats, start_time, start_step)
+            self.log(metrics)
+            self.control = self.callback_handler.on_step_end(args, self.state, self.control)
+            if self.control.should_save:
+                self._save_checkpoint(model, trial=None)
+                self.control = self.callback_handler.on_save(args, self.state, self.control)
+            if args.num_sample_generations > 0 and (update - 1) % self._sample_generations_freq() == 0:
+                self.generate_completions(sampling=True)
+            if self.control.should_training_stop:
+                break
+
+        self.control = self.callback_handler.on_train_end(args, self.state, self.control)
+        return TrainOutput(self.state.global_step, metrics.get("loss/policy_avg", float("nan")), metrics)
+
+    def _optimize(self, model, buffer: ReplayBuffer, ptx_batches) -> dict[str, list[float]]:
+        """``num_ppo_epochs`` passes of ``num_mini_batches`` optimizer steps over the buffer."""
+        args, accelerator = self.args, self.accelerator
+        stats: dict[str, list[float]] = defaultdict(list)
+        device = accelerator.device
+        for minibatch in buffer.iter_minibatches(args.num_mini_batches, args.num_ppo_epochs):
+            micro_batches = minibatch.split(args.per_device_train_batch_size)
+            accelerator.gradient_accumulation_steps = len(micro_batches)
+            for micro in micro_batches:
+                micro = micro.to(device)
+                with accelerator.accumulate(model):
+                    ptx = next(ptx_batches) if ptx_batches is not None else None
+                    logprobs, entropy, values, ptx_loss = model(
+                        sequences=micro.sequences,
+                        attention_mask=micro.attention_mask,
+                        prompt_length=micro.prompt_length,
+                        temperature=args.temperature,
+                        value_at=args.value_at,
+                        ptx_input_ids=None if ptx is None else ptx["input_ids"].to(device),
+                        ptx_attention_mask=None if ptx is None else ptx["attention_mask"].to(device),
+                    )
+                    pg_loss, pg_stats = policy_loss(
+                        logprobs, micro.logprobs, micro.advantages, micro.action_mask, args.cliprange, args.policy_loss_reduction
+                    )
+                    vf_loss, vf_stats = value_loss(values, micro.values, micro.returns, micro.action_mask, args.cliprange_value)
+                    skipped = ratio_guard_exceeded(pg_stats["ratio_mean"], args.ratio_guard)
+                    if skipped:
+                        logger.warning(
+                            "Skipping a micro-batch update: mean ratio %.2f exceeds ratio_guard=%s",
+                            float(pg_stats["ratio_mean"]),
+                            args.ratio_guard,
+                        )
+                        loss = (pg_loss + vf_loss) * 0.0  # keeps every rank's collective calls in step
+                    else:
+                        loss = mix_ptx_loss(pg_loss, ptx_loss, args.ptx_coef) + args.vf_coef * vf_loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                with torch.no_grad():
+                    stats["policy_loss"].append(float(pg_loss))
+                    stats["value_loss"].append(float(vf_loss))
+                    stats["clipfrac"].append(float(pg_stats["clipfrac"]))
+                    stats["approx_kl"].append(float(pg_stats["approx_kl"]))
+                    stats["ratio"].append(float(pg_stats["ratio_mean"]))
+                    stats["vf_clipfrac"].append(float(vf_stats["vf_clipfrac"]))
+                    stats["entropy"].append(float(masked_mean(entropy, micro.action_mask)))
+                    stats["skipped"].append(float(skipped))
+                    if ptx_loss is not None:
+                        stats["ptx_loss"].append(float(ptx_loss))
+        return stats
+
+    def _metrics(self, rollout: dict, stats: dict, start_time: float, start_step: int) -> dict[str, float]:
+        """TRL 1.12's metric names, plus coati_hf's (PTX loss, KL coefficient, skips, counts)."""
+
+        def mean(values):
+            gathered = self.accelerator.gather_for_metrics(torch.tensor(values or [float("nan")], device=self.accelerator.device))
+            return gathered.float().nanmean().item()
+
+        def total(value):
+            return self.accelerator.gather_for_metrics(torch.tensor([float(value)], device=self.accelerator.device)).sum().item()
+
+        ratios = self.accelerator.gather_for_metrics(torch.tensor(stats["ratio"], device=self.accelerator.device))
+        elapsed = max(time.time() - start_time, 1e-9)
+        metrics = {
+            "eps": int((self.state.global_step - start_step) * self.args.batch_size / elapsed),
+            "objective/kl": mean([rollout["kl"]]),
+            "objective/kl_k3": mean([rollout["kl_k3"]]),
+            "objective/kl_coef": rollout["kl_coef"],
+            "objective/entropy": mean([rollout["entropy"]]),
+            "objective/non_score_reward": mean([rollout["non_score_reward"]]),
+            "objective/rlhf_reward": mean([rollout["rlhf_reward"]]),
+            "objective/scores": mean([rollout["score"]]),
+            "policy/approxkl_avg": mean(stats["approx_kl"]),
+            "policy/clipfrac_avg": mean(stats["clipfrac"]),
+            "policy/entropy_avg": mean(stats["entropy"]),
+            "loss/policy_avg": mean(stats["policy_loss"]),
+            "loss/value_avg": mean(stats["value_loss"]),
+            "val/clipfrac_avg": mean(stats["vf_clipfrac"]),
+            "val/ratio": ratios.float().mean().item(),
+            "val/ratio_var": ratios.float().var().item() if ratios.numel() > 1 else 0.0,
+            "val/num_eos_tokens": total(rollout["num_samples"] - rollout["num_no_stop"]),
+            "rollout/response_length": mean([rollout["response_length"]]),
+            "rollout/no_eos": total(rollout["num_no_stop"]),
+            "rollout/nan_scores": total(rollout["num_nan_scores"]),
+            "rollout/truncated_prompts": total(rollout["num_truncated_prompts"]),
+            "ppo/skipped_updates": total(sum(stats["skipped"])),
+            "lr": self.lr_scheduler.get_last_lr()[0],
+            "episode": self.state.episode,
+        }
+        if stats.get("ptx_loss"):
+            metrics["loss/ptx_avg"] = mean(stats["ptx_loss"])
+        return metrics
+
+    def _ptx_batches(self):
+        """An endless, seeded stream of pretraining batches (None without PTX)."""
+        if self.pretrain_blocks is None:
+            return None
+        blocks, batch_size = self.pretrain_blocks, self.args.ptx_batch_size
+        generator = torch.Generator().manual_seed(self.args.seed + 7919 * (1 + self.accelerator.process_index))
+
+        def stream():
+            while True:
+                order = torch.randperm(len(blocks), generator=generator)
+                for start in range(0, len(order) - batch_size + 1, batch_size):
+                    rows = [blocks[int(i)] for i in order[start : start + batch_size]]
+                    yield self.data_collator(rows)
+
+        return stream()
+
+    def _sample_generations_freq(self) -> int:
+        return max(1, self.args.num_total_batches // self.args.num_sample_generations)
+
+    # ------------------------------------------------------------------------------------
+    # generation for inspection
+    # ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_completions(self, sampling: bool = False):
+        """Near-greedy (temperature 0.01) completions of the eval prompts and their scores.
+
+        Returns a ``pandas.DataFrame`` with TRL 1.12's columns ``query``, ``model response`` and
+        ``score`` (None without an eval dataset); ``sampling=True`` stops after one batch.
+        """
+        if self.eval_dataset is None:
+            return None
+        import pandas as pd
+
+        inspect_config = copy.copy(self.args)
+        inspect_config.temperature = 0.01
+        maker = copy.copy(self.experience_maker)
+        maker.config = inspect_config
+        table = defaultdict(list)
+        batch_size = self.args.per_device_eval_batch_size
+        decode = self.processing_class.decode
+        for start in range(0, len(self.eval_dataset), batch_size):
+            rows = self.eval_dataset[start : start + batch_size]["input_ids"]
+            experience = maker.make_experience(self.data_collator([{"input_ids": ids} for ids in rows]))
+            prompt_mask = experience.attention_mask[:, : experience.prompt_length].bool()
+            for row in range(len(experience)):
+                table["query"].append(decode(experience.prompt_ids[row][prompt_mask[row]], skip_special_tokens=True))
+                table["model response"].append(decode(experience.response_ids[row][experience.action_mask[row]]))
+                table["score"].append(float(experience.scores[row]))
+            if sampling:
+                break
+        frame = pd.DataFrame(table)
+        if self.accelerator.is_main_process:
+            logger.info("Sample completions:\n%s", frame.head(5).to_string())
+            if "wandb" in (self.args.report_to or []):
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.log({"completions": wandb.Table(dataframe=frame)})
+        return frame
+
+    # ------------------------------------------------------------------------------------
+    # saving and resuming
+    # ------------------------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Actor at ``output_dir`` (merged LoRA + ``adapter/``), critic at ``output_dir/critic``."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        wrapper = self.accelerator.unwrap_model(self.model_wrapped if self.model_wrapped is not None else self.model)
+        if self.accelerator.is_main_process:
+            save_for_hub(wrapper.policy, self.processing_class, output_dir)
+            save_for_hub(wrapper.value_model, self.processing_class, os.path.join(output_dir, CRITIC_SUBFOLDER))
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _save_checkpoint(self, model, trial):
+        model_name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else os.path.basename(os.path.normpath(self.args.output_dir))
+        self.create_model_card(model_name=model_name)
+        super()._save_checkpoint(model, trial)
+        checkpoint = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+        if self.accelerator.is_main_process:
+            with open(os.path.join(checkpoint, PPO_STATE_NAME), "w") as handle:
+                json.dump({"kl_coef": self.kl_controller.value}, handle)
+
+    def _resume(self, checkpoint: str) -> None:
+        """Load weights, optimizer, scheduler, RNG, trainer state and KL coefficient."""
+        from transformers.trainer_callback import TrainerState
+
+        if not os.path.isdir(checkpoint):
+            raise ValueError(f"Checkpoint folder {checkpoint} does not exist")
+        wrapper = self.accelerator.unwrap_model(self.model_wrapped)
+        _load_weights(wrapper.policy, checkpoint)
+        _load_weights(wrapper.value_model, os.path.join(checkpoint, CRITIC_SUBFOLDER))
+        self._load_optimizer_and_scheduler(checkpoint)
+        state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        self.state.global_step = state.global_step
+        self.state.episode = getattr(state, "episode", state.global_step * self.args.batch_size)
+        self.state.log_history = state.log_history
+        self.state.epoch = state.epoch
+        with open(os.path.join(checkpoint, PPO_STATE_NAME)) as handle:
+            self.kl_controller.value = json.load(handle)["kl_coef"]
+        self._load_rng_state(checkpoint)
+        logger.info("Resumed from %s at step %d", checkpoint, self.state.global_step)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _merge_infos(infos: list[dict]) -> dict:
+    """Combine the ``info`` of several experiences (means weighted by sample count, counts summed)."""
+    flat = []
+    for info in infos:
+        flat.extend(info["parts"] if "parts" in info else [info])
+    total = sum(info["num_samples"] for info in flat)
+    merged = {}
+    for key in flat[0]:
+        if key.startswith("num_"):
+            merged[key] = sum(info[key] for info in flat)
+        elif key == "kl_coef":
+            merged[key] = flat[-1][key]
+        else:
+            merged[key] = sum(info[key] * info["num_samples"] for info in flat) / max(total, 1)
+    return merged
+
+
+def _check_one_label(model, name: str) -> None:
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    if num_labels != 1:
+        raise ValueError(
+            f"{name} must be a sequence-classification model with num_labels=1 (one score per sequence); it has "
+            f"num_labels={num_labels}. Load it with AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)."
+        )
+
+
+def _reward_tokenizer(reward_model, policy_tokenizer, reward_tokenizer):
+    """The reward model's tokenizer: the one given, else the policy's when the vocabularies agree.
+
+    When the reward model's embedding table cannot hold the policy's token ids and no tokenizer
+    was given, the reward model's own (from its folder) is loaded, or a clear error is raised.
+    """
+    if reward_tokenizer is not None:
+        prepare_pad_token(reward_tokenizer, reward_model, role="reward model", allow_eos_padding=False)
+        return reward_tokenizer
+    reward_vocab = reward_model.get_input_embeddings().num_embeddings
+    policy_vocab = max(policy_tokenizer.get_vocab().values()) + 1
+    source = getattr(reward_model, "name_or_path", "") or ""
+    if policy_vocab - len(policy_tokenizer.get_added_vocab()) <= reward_vocab:
+        return None  # same vocabulary (the policy tokenizer may add a pad token the models never embed)
+    if os.path.isdir(source):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        prepare_pad_token(tokenizer, reward_model, role="reward model", allow_eos_padding=False)
+        logger.info("The reward model has its own tokenizer (%s): completions are re-tokenized for it.", source)
+        return tokenizer
+    raise ValueError(
+        f"The reward model's vocabulary ({reward_vocab} tokens) does not match the policy tokenizer's "
+        f"({policy_vocab}); pass its tokenizer as reward_processing_class=..."
+    )
+
+
+def _frozen_copy(model):
+    reference = copy.deepcopy(model)
+    reference.requires_grad_(False)
+    return reference.eval()
+
+
+def _disable_dropout(model) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def _critic_from_policy(policy):
+    """A ``num_labels=1`` sequence classifier on a copy of the policy's backbone, new value head."""
+    from transformers import AutoModelForSequenceClassification
+
+    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    config = copy.deepcopy(base.config)
+    config.num_labels = 1
+    critic = AutoModelForSequenceClassification.from_config(config).to(dtype=base.dtype)
+    missing, _ = critic.load_state_dict(base.state_dict(), strict=False)
+    if any(not key.startswith("score") for key in missing):
+        raise RuntimeError(f"could not copy the policy backbone into the critic; missing {missing}")
+    init_value_head(critic)
+    return critic
+
+
+def _critic_adapter_on(reward_model, peft_config):
+    """The critic as the reward model plus its own LoRA adapter and a trainable copy of the head."""
+    from peft import get_peft_model
+
+    critic_config = copy.deepcopy(peft_config)
+    critic_config.task_type = "SEQ_CLS"
+    return get_peft_model(reward_model, critic_config)
+
+
+def _load_weights(model, folder: str) -> None:
+    """Load the weights ``save_for_hub`` wrote into a live (possibly peft) model."""
+    from safetensors.torch import load_file
+
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        adapter = os.path.join(folder, "adapter", "adapter_model.safetensors")
+        set_peft_model_state_dict(model, load_file(adapter))
+        return
+    state = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            state.update(load_file(os.path.join(folder, name)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())
+    missing = [key for key in missing if key not in tied and not key.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {folder} does not match the model: missing={missing} unexpected={unexpected}")
+
