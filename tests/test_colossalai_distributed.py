@@ -81,6 +81,7 @@ _SCENARIO_OF = {
     "state_continued_losses": "accelerator_state",
     "state_reloaded_losses": "accelerator_state",
     "reload_weights": "reload_weights",
+    "ppo_logs": "ppo",
     "sft_losses": "trl",
     "reward_losses": "trl",
 }
@@ -205,3 +206,13 @@ def test_trl_trainers_under_zero2_match_ddp(ranks, kind):
     losses = _result(ranks, kind)
     assert len(losses["ddp"]) == 4
     assert losses["zero2"] == pytest.approx(losses["ddp"], rel=REL)
+
+
+def test_ppo_actor_and_critic_under_zero2_match_ddp(ranks):
+    if "ppo_unavailable" in ranks[0]:
+        pytest.skip(f"coati_hf.ppo is not importable: {ranks[0]['ppo_unavailable']}")
+    logs = _result(ranks, "ppo_logs")
+    assert len(logs["ddp"]) >= 2  # two PPO iterations: policy loss, value loss, KL, score
+    for ddp_row, zero2_row in zip(logs["ddp"], logs["zero2"], strict=True):
+        assert zero2_row == pytest.approx(ddp_row, rel=1e-4, abs=1e-6)
+    assert logs["ddp"][1][2] > 0  # the policy moved away from the reference after the first update

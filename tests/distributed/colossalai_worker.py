@@ -21,6 +21,7 @@ Scenarios (all fp32 unless named):
 - second train() on the same trainer, evaluate() after training, LoRA (peft) under zero2.
 - accelerator_state: ColossalAIAccelerator.save_state/load_state in a hand-written loop.
 - reload_weights: weights loaded into a boosted model + sync_master_weights(), ddp vs zero2.
+- ppo: coati_hf's PPOTrainer (actor + critic, one optimizer over both) under ddp and zero2.
 """
 
 from __future__ import annotations
@@ -241,6 +242,33 @@ def scenario_reload_weights(tokenizer, out):
         accelerator.free_memory()
 
 
+def scenario_ppo(tokenizer, workdir, out):
+    """coati_hf's PPOTrainer (actor + critic through the mixin), ddp vs zero2: two PPO iterations."""
+    try:
+        from coati_hf.ppo.config import PPOConfig
+        from coati_hf.ppo.trainer import PPOTrainer
+    except ImportError as err:
+        out["ppo_unavailable"] = repr(err)
+        return
+    prompts = Dataset.from_dict({"prompt": [f"Count to {i}:" for i in range(16)]})
+    out["ppo_logs"] = {}
+    for strategy in ("ddp", "zero2"):
+        policy, tok = make_tiny_llama(seed=0, tokenizer=copy.deepcopy(tokenizer))
+        ref, _ = make_tiny_llama(seed=0, tokenizer=tok)
+        reward, _ = make_tiny_llama("sequence_classification", seed=1, tokenizer=tok)
+        args = PPOConfig(
+            output_dir=os.path.join(workdir, f"ppo-{strategy}"), per_device_train_batch_size=2, num_mini_batches=1,
+            total_episodes=8, response_length=6, learning_rate=1e-3, report_to=[], use_cpu=True, seed=0,
+            logging_steps=1, num_sample_generations=0, save_strategy="no", gradient_checkpointing=False,
+            local_rollout_forward_batch_size=2, colossalai_strategy=strategy, bf16=False,
+        )  # fmt: skip
+        trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward, train_dataset=prompts)
+        trainer.train()
+        keys = ("loss/policy_avg", "loss/value_avg", "objective/kl", "objective/scores")
+        out["ppo_logs"][strategy] = [[h[k] for k in keys] for h in trainer.state.log_history if keys[0] in h]
+        out["ppo_accelerator_class"] = type(trainer.accelerator).__name__
+
+
 def scenario_accelerator_state(tokenizer, dataset, workdir, out):
     """ColossalAIAccelerator.save_state / load_state in a hand-written loop (zero2)."""
     from torch.utils.data import DataLoader
@@ -368,6 +396,7 @@ def main():
             ("accelerator_state", lambda: scenario_accelerator_state(tokenizer, dataset, workdir, out)),
             ("reload_weights", lambda: scenario_reload_weights(tokenizer, out)),
             ("trl", lambda: scenario_trl(tokenizer, workdir, out)),
+            ("ppo", lambda: scenario_ppo(tokenizer, workdir, out)),
         ]:
             t0 = time.time()
             try:
