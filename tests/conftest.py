@@ -47,3 +47,35 @@ def tiny_reward_model(smol_tokenizer):
     from coati_hf.models import make_tiny_llama
 
     return make_tiny_llama("sequence_classification", seed=0, tokenizer=copy.deepcopy(smol_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def warm_tiny_policy_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny Llama briefly trained on the shipped pretraining text, saved to a folder.
+
+    A random-init policy over SmolLM2's 49k-token vocabulary samples any given token with
+    probability ~2e-5, so no reward on specific tokens would ever be observed. After a few
+    dozen language-modelling steps it emits common tokens ('.', ',', ' and') at a few percent:
+    a starting point from which PPO can be seen to learn, as from an SFT model.
+    """
+    import torch
+
+    from coati_hf.data import load_sample
+    from coati_hf.models import make_tiny_llama
+
+    model, tokenizer = make_tiny_llama("causal_lm", seed=0, tokenizer=smol_tokenizer)
+    ids = []
+    for text in load_sample("pretrain")["text"]:
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    blocks = torch.tensor([ids[i : i + 64] for i in range(0, len(ids) - 64, 64)])
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        batch = blocks[torch.randint(0, len(blocks), (8,), generator=generator)]
+        model(input_ids=batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    folder = tmp_path_factory.mktemp("warm_tiny_policy")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -263,8 +263,6 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
         self.create_optimizer_and_scheduler(num_training_steps=args.num_total_batches)
         if args.gradient_checkpointing:
             self.model.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
-        micro_steps = args.local_mini_batch_size // args.per_device_train_batch_size
-        accelerator.gradient_accumulation_steps = max(1, micro_steps)
         self.model_wrapped, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         model = self.model_wrapped
 
@@ -322,7 +320,9 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
         device = accelerator.device
         for minibatch in buffer.iter_minibatches(args.num_mini_batches, args.num_ppo_epochs):
             micro_batches = minibatch.split(args.per_device_train_batch_size)
+            # One optimizer step per minibatch: accumulate() syncs on its last micro-batch.
             accelerator.gradient_accumulation_steps = len(micro_batches)
+            accelerator.step = 0
             for micro in micro_batches:
                 micro = micro.to(device)
                 with accelerator.accumulate(model):
