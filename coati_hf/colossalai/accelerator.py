@@ -336,8 +336,12 @@ class ColossalAIAccelerator(Accelerator):
         parameters = list(parameters)
         record = self._record_for_parameters(parameters)
         optimizer = record.optimizer if record is not None else None
-        if optimizer is None or self._is_ddp:
+        if optimizer is None:
             return super().clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
+        if self._is_ddp:
+            if hasattr(optimizer, "scaler"):  # fp16 (TorchAMPOptimizer): unscale before measuring
+                optimizer.unscale_grad()
+            return torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
         if float(norm_type) != 2.0:
             raise ValueError("ColossalAI's sharded optimizers clip by the 2-norm only")
         if self._is_zero(optimizer):
@@ -352,8 +356,8 @@ class ColossalAIAccelerator(Accelerator):
         """Skip gradient synchronisation for this micro-batch where the strategy allows it."""
         record = self._record_for_model(model)
         context = contextlib.nullcontext()
-        if record is not None and self.colossalai_plugin.strategy == "ddp":
-            context = self.booster.no_sync(record.model, record.optimizer)
+        if record is not None and self._is_ddp:
+            context = _ddp_module(record.model).no_sync()
         elif record is not None and record.optimizer is not None and self.colossalai_plugin.strategy == "zero1":
             context = record.optimizer.no_sync()
         # ZeRO-2 shards gradients as they are produced (no local full gradient to accumulate
@@ -543,6 +547,13 @@ def _ensure_process_group(device: torch.device) -> None:
     dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
 
 
+def _ddp_module(model):
+    """The ``DistributedDataParallel`` inside a boosted DDP model (possibly under an fp16 wrapper)."""
+    while not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return model
+
+
 def _autocast_forward(forward, device_type: str, dtype: torch.dtype):
     @functools.wraps(forward)
     def autocast_forward(*args, **kwargs):
@@ -560,10 +571,16 @@ def _track_skipped_steps(optimizer) -> None:
     mixin = getattr(optimizer, "mixed_precision_mixin", None) or getattr(optimizer, "mix_precision_mixin", None)
     original_step = optimizer.step
 
+    scaler = getattr(optimizer, "scaler", None)  # DDP fp16: torch's GradScaler
+
     @functools.wraps(original_step)
     def step(*args, **kwargs):
         optimizer.step_was_skipped = False
-        return original_step(*args, **kwargs)
+        scale_before = scaler.get_scale() if scaler is not None else None
+        result = original_step(*args, **kwargs)
+        if scaler is not None:
+            optimizer.step_was_skipped = scaler.get_scale() < scale_before  # the scaler backs off on overflow
+        return result
 
     if mixin is not None and hasattr(mixin, "should_skip_step"):
         original_should_skip = mixin.should_skip_step
