@@ -71,6 +71,11 @@ class ColossalAIMixin:
         check_strategy_supported(plugin.strategy)  # before any process group or model work
         plugin = self._colossalai_plugin_from_args(plugin)
         result = super().create_accelerator_and_postprocess()
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise ValueError(
+                f"ColossalAI strategy '{plugin.strategy}' replaces DeepSpeed/FSDP: remove the deepspeed/fsdp settings "
+                "(or the colossalai strategy)"
+            )
         from .accelerator import ColossalAIAccelerator
 
         self.accelerator = ColossalAIAccelerator.from_accelerator(self.accelerator, plugin)
