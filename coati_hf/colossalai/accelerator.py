@@ -38,6 +38,10 @@ separately; ``backward`` finds the optimizer that owns the parameters a loss dep
 An LR scheduler must drive the *inner* torch optimizer; :func:`inner_optimizer` returns it.
 Under ZeRO the inner optimizer is the one you created (ZeRO swaps its parameter lists for
 the rank's shards in place), so a scheduler built before ``prepare`` keeps working.
+
+ZeRO steps fp32 master shards and copies them into the model: after loading weights into
+an already boosted model by hand, call :meth:`ColossalAIAccelerator.sync_master_weights`.
+On colossalai's CPU accelerator (gloo) the :mod:`~coati_hf.colossalai.cpu_shim` is applied.
 """
 
 from __future__ import annotations
