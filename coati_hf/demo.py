@@ -5,6 +5,8 @@ plain ``from_pretrained``:
 
     sft/            stage 1, supervised fine-tuning with LoRA on the shipped bilingual set
     reward_model/   stage 2, a reward model (sequence classifier, num_labels=1) on the shipped pairs
+    ppo/            stage 3, PPO with LoRA on the shipped prompts, rewarded by stage 2's model;
+                    the actor at ppo/ (merged, adapter in ppo/adapter), the critic in ppo/critic
 """
 
 from __future__ import annotations
@@ -28,11 +30,17 @@ def _lora(task_type: str):
     )
 
 
-def run_demo(output_dir: str = "outputs/demo", steps: int = 8) -> dict[str, str]:
-    """Run every stage that exists and return ``{stage: folder}``."""
+def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | None = None) -> dict:
+    """Run SFT → RM → PPO and return ``{stage: folder}`` plus ``"ppo_log"`` (PPO's log history).
+
+    ``steps`` optimizer steps for SFT and RM; ``ppo_steps`` PPO updates (default ``steps // 4``,
+    at least 2: a PPO update on 2 CPU cores takes about half a minute).
+    """
     from .data import load_sample
     from .hub import save_for_hub
     from .models import EMBEDDED_MODEL_NAME, load_causal_lm, load_sequence_classifier
+    from .ppo.config import PPOConfig
+    from .ppo.trainer import PPOTrainer
     from .reward import RewardConfig, RewardTrainer
     from .sft import SFTConfig, SFTTrainer
 
@@ -41,7 +49,7 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8) -> dict[str, str]
     common = dict(report_to="none", logging_steps=1, save_strategy="no", gradient_checkpointing=False, seed=0)
 
     started = time.time()
-    logger.info("[demo] stage 1/2: SFT with LoRA on %s", EMBEDDED_MODEL_NAME)
+    logger.info("[demo] stage 1/3: SFT with LoRA on %s", EMBEDDED_MODEL_NAME)
     policy, tokenizer = load_causal_lm(EMBEDDED_MODEL_NAME)
     sft = SFTTrainer(
         model=policy,
@@ -53,7 +61,7 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8) -> dict[str, str]
     sft.train()
     folders["sft"] = save_for_hub(sft.model, tokenizer, output / "sft")
 
-    logger.info("[demo] stage 2/2: reward model on the shipped preference pairs")
+    logger.info("[demo] stage 2/3: reward model on the shipped preference pairs")
     reward_model, rm_tokenizer = load_sequence_classifier(folders["sft"])
     rm = RewardTrainer(
         model=reward_model,
@@ -65,5 +73,38 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8) -> dict[str, str]
     rm.train()
     folders["reward_model"] = save_for_hub(rm.model, rm_tokenizer, output / "reward_model")
 
-    logger.info("[demo] done in %.0f s: %s", time.time() - started, folders)
+    logger.info("[demo] stage 3/3: PPO with LoRA, rewarded by the stage-2 model")
+    ppo_steps = ppo_steps if ppo_steps is not None else max(2, steps // 4)
+    actor, actor_tokenizer = load_causal_lm(folders["sft"])
+    reward_model, _ = load_sequence_classifier(folders["reward_model"])
+    ppo = PPOTrainer(
+        args=PPOConfig(
+            output_dir=str(output / "ppo"),
+            per_device_train_batch_size=4,
+            total_episodes=4 * ppo_steps,
+            num_ppo_epochs=2,
+            response_length=16,
+            stop_token="eos",
+            learning_rate=5e-5,
+            kl_coef=0.05,
+            max_prompt_length=128,
+            **common,
+        ),
+        processing_class=actor_tokenizer,
+        model=actor,
+        ref_model=None,
+        reward_model=reward_model,
+        train_dataset=load_sample("prompts").select(range(96)),
+        value_model=None,
+        eval_dataset=load_sample("prompts").select(range(96, 100)),
+        peft_config=_lora("CAUSAL_LM"),
+    )
+    ppo.train()
+    ppo.save_model(str(output / "ppo"))
+    folders["ppo"] = str(output / "ppo")
+    folders["ppo_log"] = [entry for entry in ppo.state.log_history if "objective/kl" in entry]
+    completions = ppo.generate_completions()
+    logger.info("[demo] sample completions after PPO:\n%s", completions.to_string(max_colwidth=60))
+
+    logger.info("[demo] done in %.0f s: %s", time.time() - started, {k: v for k, v in folders.items() if k != "ppo_log"})
     return folders

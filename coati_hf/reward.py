@@ -28,6 +28,7 @@ import trl
 from .data import load_preference_dataset
 from .metrics import load_metric
 from .models import load_sequence_classifier
+from .colossalai import ColossalAIMixin
 from .trainer_common import CoatiArgumentsMixin, coati_tags, prepare_pad_token
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class RewardConfig(CoatiArgumentsMixin, trl.RewardConfig):
         super().__post_init__()
 
 
-class RewardTrainer(trl.RewardTrainer):
+class RewardTrainer(ColossalAIMixin, trl.RewardTrainer):
     """``trl.RewardTrainer`` that reads Coati's preference formats and uses Coati's losses.
 
     - ``model`` may be a model, a Hub name, a local folder or ``"embedded:SmolLM2-135M-Instruct"``;

@@ -25,6 +25,7 @@ import trl
 
 from .data import load_sft_dataset
 from .models import DEFAULT_CHAT_TEMPLATE, load_causal_lm
+from .colossalai import ColossalAIMixin
 from .trainer_common import CoatiArgumentsMixin, coati_tags, prepare_pad_token
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def tokenize_conversation(tokenizer, messages: list[dict]) -> dict[str, list[int
     return {"input_ids": input_ids, "assistant_masks": assistant_masks}
 
 
-class SFTTrainer(trl.SFTTrainer):
+class SFTTrainer(ColossalAIMixin, trl.SFTTrainer):
     """``trl.SFTTrainer`` that reads Coati's data formats and learns from completions only."""
 
     _tag_names = ["trl", "sft", *coati_tags("sft")]

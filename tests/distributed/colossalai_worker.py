@@ -11,7 +11,7 @@ Scenarios (all fp32 unless named):
   for no strategy (plain Accelerate), ddp, zero1, zero2; plus gradient accumulation 2 for
   ddp/zero1/zero2; plus zero2 in bf16 (must just train).
 - optimizer_state_bytes[strategy]: bytes of the inner optimizer's state tensors on this rank.
-- sft / reward: trl's SFTTrainer and RewardTrainer under ddp and zero2.
+- sft / reward: coati_hf's SFTTrainer and RewardTrainer (config field colossalai_strategy) under ddp and zero2.
 - resume: zero2 run of 6 steps saving at step 3, and a fresh trainer resumed from
   checkpoint-3; the losses of steps 4-6 (and, as a control, of a resume without optimizer.pt).
 - export: save_model under zero2, reload with plain from_pretrained, max weight difference.
@@ -310,34 +310,36 @@ def scenario_accelerator_state(tokenizer, dataset, workdir, out):
 
 
 def scenario_trl(tokenizer, workdir, out):
-    from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
-
-    class MixinSFT(ColossalAIMixin, SFTTrainer):
-        pass
-
-    class MixinReward(ColossalAIMixin, RewardTrainer):
-        pass
+    """coati_hf's SFTTrainer and RewardTrainer (TRL subclasses with the mixin), switched on by
+    the config field ``colossalai_strategy``."""
+    from coati_hf import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
     prompts = [f"What is {i} plus {i}?" for i in range(32)]
     sft_data = Dataset.from_dict({"prompt": prompts, "completion": [f" It is {2 * i}." for i in range(32)]})
-    pref_data = Dataset.from_dict(
-        {"chosen": [f"{p} It is {2 * i}." for i, p in enumerate(prompts)], "rejected": [f"{p} No idea." for p in prompts]}
+    pref_data = Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": f"It is {2 * i}."}],
+             "rejected": [{"role": "assistant", "content": "No idea."}]}
+            for i, p in enumerate(prompts)
+        ]
     )
     common = dict(bf16=False, per_device_train_batch_size=4, max_steps=4, learning_rate=2e-3, logging_steps=1, save_strategy="no",
-                  report_to=[], use_cpu=True, seed=0, data_seed=0, disable_tqdm=True, dataloader_num_workers=0)
+                  report_to=[], use_cpu=True, seed=0, data_seed=0, disable_tqdm=True, dataloader_num_workers=0,
+                  gradient_checkpointing=False)
     out["sft_losses"], out["reward_losses"] = {}, {}
     for strategy in ("ddp", "zero2"):
         model, tok = make_tiny_llama(seed=0, tokenizer=copy.deepcopy(tokenizer))
-        config = SFTConfig(output_dir=os.path.join(workdir, f"sft-{strategy}"), max_length=32, **common)
-        sft = MixinSFT(model=model, args=config, train_dataset=sft_data, processing_class=tok, colossalai_plugin=strategy)
+        config = SFTConfig(output_dir=os.path.join(workdir, f"sft-{strategy}"), max_length=64, colossalai_strategy=strategy, **common)
+        sft = SFTTrainer(model=model, args=config, train_dataset=sft_data, processing_class=tok)
+        assert type(sft.accelerator).__name__ == "ColossalAIAccelerator"
         sft.train()
         out["sft_losses"][strategy] = losses_of(sft)
         model, tok = make_tiny_llama("sequence_classification", seed=0, tokenizer=copy.deepcopy(tokenizer))
-        config = RewardConfig(output_dir=os.path.join(workdir, f"rm-{strategy}"), max_length=32, **common)
-        rm = MixinReward(model=model, args=config, train_dataset=pref_data, processing_class=tok, colossalai_plugin=strategy)
+        config = RewardConfig(output_dir=os.path.join(workdir, f"rm-{strategy}"), max_length=64, colossalai_strategy=strategy, **common)
+        rm = RewardTrainer(model=model, args=config, train_dataset=pref_data, processing_class=tok)
         rm.train()
         out["reward_losses"][strategy] = losses_of(rm)
-        log(f"trl {strategy}: sft {out['sft_losses'][strategy]} rm {out['reward_losses'][strategy]}")
+        log(f"coati_hf {strategy}: sft {out['sft_losses'][strategy]} rm {out['reward_losses'][strategy]}")
 
 
 def scenario_two_models(tokenizer, out):

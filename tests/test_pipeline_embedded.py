@@ -1,0 +1,49 @@
+"""The whole pipeline on the embedded SmolLM2-135M-Instruct with LoRA: SFT -> RM -> PPO -> export.
+
+This is what `make demo` runs (with fewer steps): every stage's folder must reload with plain
+`from_pretrained`, and PPO must log its per-step statistics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from coati_hf.demo import run_demo
+
+    return run_demo(output_dir=str(tmp_path_factory.mktemp("demo")), steps=3, ppo_steps=2)
+
+
+def test_every_stage_reloads_with_plain_from_pretrained(demo_run):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    sft = AutoModelForCausalLM.from_pretrained(demo_run["sft"])
+    tokenizer = AutoTokenizer.from_pretrained(demo_run["sft"])
+    reward = AutoModelForSequenceClassification.from_pretrained(demo_run["reward_model"])
+    actor = AutoModelForCausalLM.from_pretrained(demo_run["ppo"])
+    critic = AutoModelForSequenceClassification.from_pretrained(Path(demo_run["ppo"]) / "critic")
+    assert reward.config.num_labels == 1 and critic.config.num_labels == 1
+    assert (Path(demo_run["sft"]) / "adapter" / "adapter_config.json").is_file()
+    assert (Path(demo_run["ppo"]) / "adapter" / "adapter_config.json").is_file()
+
+    batch = tokenizer(["The capital of France is"], return_tensors="pt")
+    with torch.no_grad():
+        assert not torch.allclose(actor(**batch).logits, sft(**batch).logits)  # PPO changed the SFT policy
+    scorer = pipeline("text-classification", model=reward, tokenizer=AutoTokenizer.from_pretrained(demo_run["reward_model"]), function_to_apply="none")
+    assert isinstance(scorer("Thank you, I am glad to help.")[0]["score"], float)
+
+
+def test_ppo_logs_its_statistics_every_step(demo_run):
+    log = demo_run["ppo_log"]
+    assert [entry["step"] for entry in log] == [1, 2]
+    for entry in log:
+        for key in ("objective/scores", "objective/kl", "objective/entropy", "loss/value_avg", "val/ratio"):
+            assert key in entry and entry[key] == entry[key], key  # present and not NaN
+        assert 0.5 < entry["val/ratio"] < 2.0
