@@ -43,7 +43,7 @@ def ensure_pad_token(tokenizer, model=None):
     Padding with EOS makes "the last non-pad token" ambiguous for completions that end in
     EOS (the reward would be read one token early), so an existing unused special token is
     preferred. Only when none exists is EOS used. The model's config (and generation config)
-    are updated to the same id.
+    are updated to the same id, unless the model's embedding table cannot hold it.
     """
     vocab = tokenizer.get_vocab()
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -56,6 +56,12 @@ def ensure_pad_token(tokenizer, model=None):
                 if tokenizer.eos_token is None:
                     raise ValueError("The tokenizer has neither a pad token nor an EOS token to pad with.")
                 tokenizer.pad_token = tokenizer.eos_token
+    embeddings = model.get_input_embeddings() if model is not None and hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and tokenizer.pad_token_id >= embeddings.num_embeddings:
+        # A pad token added to the tokenizer without resizing the model (TRL's PPO example adds "[PAD]"): padding
+        # is masked, so the model never embeds it, but a config whose pad id is outside the embedding table does
+        # not load again (nn.Embedding rejects the padding_idx). Leave the model's own pad id alone.
+        model = None
     if model is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
         if getattr(model, "generation_config", None) is not None:

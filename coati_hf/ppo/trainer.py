@@ -43,7 +43,7 @@ from transformers.trainer_utils import TrainOutput
 from trl.trainer.base_trainer import _BaseTrainer
 
 from ..colossalai import ColossalAIMixin
-from ..hub.export import save_for_hub
+from ..hub.export import merged_copy, save_for_hub
 from ..models.loading import init_value_head
 from ..trainer_common import coati_tags, prepare_pad_token
 from .buffer import ReplayBuffer
@@ -181,13 +181,15 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
             ref_model = _frozen_copy(model)
         self.reward_shares_critic = False
         if value_model is None:
-            if reward_is_function:
+            if reward_is_function or _ids_differ(reward_processing_class, processing_class):
+                # the critic reads the policy's tokens: a reward model with another vocabulary cannot host it
                 value_model = _critic_from_policy(model)
             elif peft_config is not None:
                 value_model = _critic_adapter_on(reward_model, peft_config)
                 self.reward_shares_critic = True
             else:
                 value_model = copy.deepcopy(reward_model)
+        _check_embeds_policy_ids(value_model, model, "value_model")
         for module in (model, ref_model, value_model, None if reward_is_function else reward_model):
             if module is not None:
                 _disable_dropout(module)
@@ -318,7 +320,8 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
         args, accelerator = self.args, self.accelerator
         stats: dict[str, list[float]] = defaultdict(list)
         device = accelerator.device
-        for minibatch in buffer.iter_minibatches(args.num_mini_batches, args.num_ppo_epochs):
+        # rows with a NaN score were dropped: never ask for more minibatches than samples
+        for minibatch in buffer.iter_minibatches(min(args.num_mini_batches, len(buffer)), args.num_ppo_epochs):
             micro_batches = minibatch.split(args.per_device_train_batch_size)
             # One optimizer step per minibatch: accumulate() syncs on its last micro-batch.
             accelerator.gradient_accumulation_steps = len(micro_batches)
@@ -549,8 +552,10 @@ def _check_one_label(model, name: str) -> None:
 def _reward_tokenizer(reward_model, policy_tokenizer, reward_tokenizer):
     """The reward model's tokenizer: the one given, else the policy's when the vocabularies agree.
 
-    When the reward model's embedding table cannot hold the policy's token ids and no tokenizer
-    was given, the reward model's own (from its folder) is loaded, or a clear error is raised.
+    A reward model loaded from a folder that holds a tokenizer whose token ids differ from the
+    policy's (even with an equal vocabulary size) gets that tokenizer. When the reward model's
+    embedding table cannot hold the policy's token ids and no tokenizer is known, a clear error
+    is raised.
     """
     if reward_tokenizer is not None:
         prepare_pad_token(reward_tokenizer, reward_model, role="reward model", allow_eos_padding=False)
@@ -558,19 +563,50 @@ def _reward_tokenizer(reward_model, policy_tokenizer, reward_tokenizer):
     reward_vocab = reward_model.get_input_embeddings().num_embeddings
     policy_vocab = max(policy_tokenizer.get_vocab().values()) + 1
     source = getattr(reward_model, "name_or_path", "") or ""
-    if policy_vocab - len(policy_tokenizer.get_added_vocab()) <= reward_vocab:
-        return None  # same vocabulary (the policy tokenizer may add a pad token the models never embed)
-    if os.path.isdir(source):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = _folder_tokenizer(source)
+    if tokenizer is not None and _ids_differ(tokenizer, policy_tokenizer):
         prepare_pad_token(tokenizer, reward_model, role="reward model", allow_eos_padding=False)
         logger.info("The reward model has its own tokenizer (%s): completions are re-tokenized for it.", source)
         return tokenizer
+    if policy_vocab - len(policy_tokenizer.get_added_vocab()) <= reward_vocab:
+        return None  # same vocabulary (the policy tokenizer may add a pad token the models never embed)
     raise ValueError(
         f"The reward model's vocabulary ({reward_vocab} tokens) does not match the policy tokenizer's "
         f"({policy_vocab}); pass its tokenizer as reward_processing_class=..."
     )
+
+
+def _folder_tokenizer(source: str):
+    """The tokenizer saved in the model folder ``source``, or None (not a folder, no tokenizer)."""
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    if not (os.path.isdir(source) and any(os.path.isfile(os.path.join(source, name)) for name in names)):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError):
+        logger.warning("Could not load the tokenizer in the reward model's folder %s", source)
+        return None
+
+
+def _ids_differ(tokenizer, policy_tokenizer) -> bool:
+    """Whether some token of ``tokenizer`` has another id (or none) in the policy's tokenizer."""
+    if tokenizer is None or tokenizer is policy_tokenizer:
+        return False
+    policy_ids = policy_tokenizer.get_vocab()
+    return any(policy_ids.get(token) != index for token, index in tokenizer.get_vocab().items())
+
+
+def _check_embeds_policy_ids(critic, policy, name: str) -> None:
+    critic_rows = critic.get_input_embeddings().num_embeddings
+    policy_rows = policy.get_input_embeddings().num_embeddings
+    if critic_rows < policy_rows:
+        raise ValueError(
+            f"{name} has {critic_rows} token embeddings, fewer than the policy's {policy_rows}: the critic reads the "
+            "policy's token ids, so it needs the policy's vocabulary (leave value_model=None to start it from the "
+            "policy's backbone)."
+        )
 
 
 def _frozen_copy(model):
@@ -589,7 +625,7 @@ def _critic_from_policy(policy):
     """A ``num_labels=1`` sequence classifier on a copy of the policy's backbone, new value head."""
     from transformers import AutoModelForSequenceClassification
 
-    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    base = merged_copy(policy)  # a peft policy: a plain copy with its adapter merged (LoRA layers renamed the weights)
     config = copy.deepcopy(base.config)
     config.num_labels = 1
     critic = AutoModelForSequenceClassification.from_config(config).to(dtype=base.dtype)
