@@ -29,7 +29,14 @@ from .data import load_preference_dataset
 from .metrics import load_metric
 from .models import load_sequence_classifier
 from .colossalai import ColossalAIMixin
-from .trainer_common import CoatiArgumentsMixin, coati_tags, prepare_pad_token
+from .trainer_common import (
+    CoatiArgumentsMixin,
+    coati_tags,
+    convert_datasets,
+    prepare_pad_token,
+    report_dropped_rows,
+    resolve_model_and_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,24 +100,15 @@ class RewardTrainer(ColossalAIMixin, trl.RewardTrainer):
             args = RewardConfig(output_dir="reward-model")
         elif not isinstance(args, RewardConfig):
             raise TypeError(f"args must be a coati_hf.RewardConfig, got {type(args).__name__}")
-        if isinstance(model, str):
-            model, loaded_tokenizer = load_sequence_classifier(model)
-            processing_class = processing_class if processing_class is not None else loaded_tokenizer
+        model, processing_class = resolve_model_and_tokenizer(model, processing_class, load_sequence_classifier)
         if getattr(model.config, "num_labels", None) != 1:
             raise ValueError(
                 f"A reward model must have num_labels=1 (one score per sequence); this one has "
                 f"num_labels={model.config.num_labels}. Load it with "
                 "AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)."
             )
-        if processing_class is None:
-            raise ValueError("processing_class (the tokenizer) is required when model is an instantiated model")
         prepare_pad_token(processing_class, model, role="reward model", allow_eos_padding=False)
-
-        train_dataset = _as_preference_dataset(train_dataset)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {name: _as_preference_dataset(ds) for name, ds in eval_dataset.items()}
-        else:
-            eval_dataset = _as_preference_dataset(eval_dataset)
+        train_dataset, eval_dataset = convert_datasets(_as_preference_dataset, train_dataset, eval_dataset)
 
         self._reward_metric = load_metric("reward_accuracy")
         self._pair_scores = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -126,20 +124,8 @@ class RewardTrainer(ColossalAIMixin, trl.RewardTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         before = len(dataset) if hasattr(dataset, "__len__") else None
         prepared = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        if before is not None and hasattr(prepared, "__len__") and len(prepared) < before:
-            logger.warning(
-                "%s dataset: dropped %d of %d preference pairs whose chosen or rejected sequence is longer than "
-                "max_length=%s tokens.",
-                dataset_name,
-                before - len(prepared),
-                before,
-                args.max_length,
-            )
-            if len(prepared) == 0:
-                raise ValueError(
-                    f"Every pair of the {dataset_name} dataset is longer than max_length={args.max_length} tokens; "
-                    "raise max_length or shorten the data."
-                )
+        why = f"have a chosen or rejected sequence longer than max_length={args.max_length} tokens"
+        report_dropped_rows(dataset_name, before, prepared, "preference pairs", why)
         return prepared
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

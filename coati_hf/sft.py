@@ -26,7 +26,14 @@ import trl
 from .data import load_sft_dataset
 from .models import DEFAULT_CHAT_TEMPLATE, load_causal_lm
 from .colossalai import ColossalAIMixin
-from .trainer_common import CoatiArgumentsMixin, coati_tags, prepare_pad_token
+from .trainer_common import (
+    CoatiArgumentsMixin,
+    coati_tags,
+    convert_datasets,
+    prepare_pad_token,
+    report_dropped_rows,
+    resolve_model_and_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,21 +74,14 @@ class SFTTrainer(ColossalAIMixin, trl.SFTTrainer):
             args = SFTConfig(output_dir="sft-model")
         elif not isinstance(args, SFTConfig):
             raise TypeError(f"args must be a coati_hf.SFTConfig, got {type(args).__name__}")
-        if isinstance(model, str):
-            model, loaded_tokenizer = load_causal_lm(model)
-            processing_class = processing_class if processing_class is not None else loaded_tokenizer
-        if processing_class is None:
-            raise ValueError("processing_class (the tokenizer) is required when model is an instantiated model")
+        model, processing_class = resolve_model_and_tokenizer(model, processing_class, load_causal_lm)
         prepare_pad_token(processing_class, model, role="policy")
         if not getattr(processing_class, "chat_template", None):
             logger.warning("The tokenizer has no chat template; using ChatML for conversational data.")
             processing_class.chat_template = DEFAULT_CHAT_TEMPLATE
-
-        train_dataset = _as_sft_dataset(train_dataset, processing_class)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {name: _as_sft_dataset(ds, processing_class) for name, ds in eval_dataset.items()}
-        else:
-            eval_dataset = _as_sft_dataset(eval_dataset, processing_class)
+        train_dataset, eval_dataset = convert_datasets(
+            lambda dataset: _as_sft_dataset(dataset, processing_class), train_dataset, eval_dataset
+        )
         super().__init__(
             model=model,
             args=args,
@@ -94,20 +94,9 @@ class SFTTrainer(ColossalAIMixin, trl.SFTTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         before = len(dataset) if hasattr(dataset, "__len__") else None
         prepared = super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
-        if before is not None and not packing and hasattr(prepared, "__len__") and len(prepared) < before:
-            logger.warning(
-                "%s dataset: dropped %d of %d examples whose prompt fills max_length=%s tokens, leaving no "
-                "completion token to learn from.",
-                dataset_name,
-                before - len(prepared),
-                before,
-                args.max_length,
-            )
-            if len(prepared) == 0:
-                raise ValueError(
-                    f"Every example of the {dataset_name} dataset has a prompt of max_length={args.max_length} "
-                    "tokens or more; raise max_length or shorten the prompts."
-                )
+        if not packing:
+            why = f"have a prompt of max_length={args.max_length} tokens or more, leaving no completion token to learn from"
+            report_dropped_rows(dataset_name, before, prepared, "examples", why)
         return prepared
 
 

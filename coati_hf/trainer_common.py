@@ -76,3 +76,33 @@ def prepare_pad_token(tokenizer, model, *, role: str, allow_eos_padding: bool = 
             tokenizer.pad_token,
             tokenizer.pad_token_id,
         )
+
+
+def resolve_model_and_tokenizer(model, processing_class, loader):
+    """``model`` as a live model: a Hub name, folder or embedded name is loaded with ``loader``
+    (which returns ``(model, tokenizer)``); the tokenizer is the one given, else the loaded one."""
+    if isinstance(model, str):
+        model, loaded_tokenizer = loader(model)
+        processing_class = processing_class if processing_class is not None else loaded_tokenizer
+    if processing_class is None:
+        raise ValueError("processing_class (the tokenizer) is required when model is an instantiated model")
+    return model, processing_class
+
+
+def convert_datasets(convert, train_dataset, eval_dataset):
+    """Apply ``convert`` to the train dataset and to the eval dataset (or each of a dict of them)."""
+    if isinstance(eval_dataset, dict):
+        return convert(train_dataset), {name: convert(dataset) for name, dataset in eval_dataset.items()}
+    return convert(train_dataset), convert(eval_dataset)
+
+
+def report_dropped_rows(dataset_name: str, before, prepared, what: str, why: str) -> None:
+    """Log how many rows dataset preparation dropped and why; an error if it dropped them all.
+
+    TRL's trainers filter over-long rows silently; coati_hf never loses data without saying so.
+    """
+    if before is None or not hasattr(prepared, "__len__") or len(prepared) >= before:
+        return
+    if len(prepared) == 0:
+        raise ValueError(f"{dataset_name} dataset: all {before} {what} {why}; nothing is left to train on.")
+    logger.warning("%s dataset: dropped %d of %d %s that %s.", dataset_name, before - len(prepared), before, what, why)

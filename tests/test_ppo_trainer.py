@@ -28,7 +28,7 @@ def _config(tmp_path, **overrides):
         report_to="none",
         logging_steps=1,
         save_strategy="no",
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         disable_tqdm=True,
         seed=0,
     )
@@ -230,3 +230,27 @@ def test_prompts_given_as_text_or_messages_or_ids_agree(tmp_path, tiny_causal_lm
         trainer = PPOTrainer(args=_config(tmp_path), processing_class=tokenizer, model=copy.deepcopy(policy), ref_model=None,
                              reward_model=lambda p, c: [0.0] * len(c), train_dataset=dataset, value_model=None)
         assert trainer.train_dataset[0]["input_ids"] == expected
+
+
+def test_metrics_reach_callbacks_like_any_trainer(tmp_path, tiny_causal_lm):
+    from transformers import TrainerCallback
+
+    class Recorder(TrainerCallback):
+        def __init__(self):
+            self.logs, self.steps = [], []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append(dict(logs))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+    policy, tokenizer = tiny_causal_lm
+    recorder = Recorder()
+    trainer = PPOTrainer(args=_config(tmp_path, total_episodes=16, activation_checkpointing=True), processing_class=tokenizer,
+                         model=policy, ref_model=None, reward_model=lambda p, c: [1.0] * len(c),
+                         train_dataset=load_sample("prompts"), value_model=None, callbacks=[recorder])
+    trainer.train()
+    assert recorder.steps == [1, 2]
+    assert [log["episode"] for log in recorder.logs] == [8, 16]
+    assert all(log["objective/scores"] == pytest.approx(1.0) for log in recorder.logs)

@@ -16,14 +16,14 @@ from coati_hf.sft import tokenize_conversation
 def _config(tmp_path, **overrides):
     settings = dict(
         output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
+        per_device_train_batch_size=4,
         per_device_eval_batch_size=16,
-        learning_rate=3e-3,
-        max_steps=40,
+        learning_rate=5e-3,
+        max_steps=20,
         logging_steps=5,
         save_strategy="no",
         report_to="none",
-        max_length=128,
+        max_length=96,
         gradient_checkpointing=False,
         seed=0,
         dataset_num_proc=None,
@@ -95,7 +95,7 @@ def test_lora_adapter_saves_and_reloads_with_peft(tmp_path, tiny_causal_lm):
     model, tokenizer = tiny_causal_lm
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=_config(tmp_path, max_steps=10), train_dataset=load_sample("sft"), processing_class=tokenizer, peft_config=lora)
+    trainer = SFTTrainer(model=model, args=_config(tmp_path, max_steps=4), train_dataset=load_sample("sft"), processing_class=tokenizer, peft_config=lora)
     trainer.train()
     trainer.save_model(str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
@@ -140,7 +140,7 @@ def test_over_long_prompts_are_dropped_with_a_count(tmp_path, tiny_causal_lm, ca
         trainer = SFTTrainer(model=model, args=_config(tmp_path, max_length=64, max_steps=1), train_dataset=_single_turn(rows), processing_class=tokenizer)
     assert len(trainer.train_dataset) == 3
     assert "dropped 2 of 5 examples" in caplog.text
-    with pytest.raises(ValueError, match="Every example of the train dataset"):
+    with pytest.raises(ValueError, match="train dataset: all 2 examples have a prompt of max_length"):
         SFTTrainer(model=model, args=_config(tmp_path, max_length=64, max_steps=1), train_dataset=_single_turn(rows[3:]), processing_class=tokenizer)
 
 
@@ -165,3 +165,16 @@ def test_sft_reads_a_coati_file_by_path(tmp_path, tiny_causal_lm):
     labels = trainer.train_dataset[0]["labels"]
     learned = tokenizer.decode([t for t in labels if t != -100])
     assert learned.strip().startswith("2<|im_end|>")
+
+
+def test_packing_keeps_prompt_tokens_out_of_the_loss(tmp_path, tiny_causal_lm):
+    model, tokenizer = tiny_causal_lm
+    trainer = SFTTrainer(model=model, args=_config(tmp_path, max_steps=2, packing=True, max_length=256), train_dataset=load_sample("sft"), processing_class=tokenizer)
+    packed = trainer.train_dataset
+    assert len(packed) < len(load_sample("sft")) and max(len(lengths) for lengths in packed["seq_lengths"]) > 1
+    turn_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    for input_ids, labels in zip(packed["input_ids"], packed["labels"]):
+        assert all(label == -100 for token, label in zip(input_ids, labels) if token == turn_start)
+        assert any(label != -100 for label in labels)
+    trainer.train()
+    assert trainer.state.global_step == 2

@@ -78,11 +78,14 @@ class PolicyAndValueWrapper(nn.Module):
     def config(self):
         return self.policy.config
 
-    def gradient_checkpointing_enable(self, **kwargs):
-        self.policy.gradient_checkpointing_enable(**kwargs)
+    def activation_checkpointing_enable(self, **kwargs):
+        """Checkpoint the actor's activations (the critic's are few: one value per position)."""
+        self.policy.activation_checkpointing_enable(**kwargs)
+        if hasattr(self.policy, "enable_input_require_grads"):
+            self.policy.enable_input_require_grads()  # frozen embeddings under LoRA still pass gradients on
 
-    def gradient_checkpointing_disable(self):
-        self.policy.gradient_checkpointing_disable()
+    def activation_checkpointing_disable(self):
+        self.policy.activation_checkpointing_disable()
 
     def forward(
         self,
@@ -263,8 +266,8 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
                 raise ValueError(f"No checkpoint found in {args.output_dir} to resume from")
 
         self.create_optimizer_and_scheduler(num_training_steps=args.num_total_batches)
-        if args.gradient_checkpointing:
-            self.model.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+        if args.activation_checkpointing:
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
         self.model_wrapped, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         model = self.model_wrapped
 
