@@ -18,7 +18,6 @@ from coati_hf.models import (
     load_causal_lm,
     load_sequence_classifier,
     load_tokenizer,
-    make_tiny_llama,
     value_head,
 )
 

@@ -10,7 +10,7 @@ from datasets import Dataset
 
 from coati_hf import PPOConfig, PPOTrainer
 from coati_hf.data import load_sample
-from coati_hf.models import load_tokenizer, make_tiny_llama
+from coati_hf.models import load_tokenizer
 
 
 def _config(tmp_path, **overrides):

@@ -48,7 +48,6 @@ must use for the new log-probs and values, so that positions and temperature agr
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
@@ -56,18 +55,16 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
-from ..models import value_head
 from .advantages import compute_gae, masked_sum, masked_whiten, shape_rewards
 from .generation import (
     compute_action_mask,
     generate_responses,
     left_pad,
-    position_ids_from_attention_mask,
     resolve_stop_token_ids,
     truncate_left,
 )
+from .forward import forward_logprobs, forward_scores, forward_values  # noqa: F401 (re-exported for users)
 from .kl import build_kl_controller, kl_penalty
-from .losses import entropy_from_logits, logprobs_from_logits
 
 logger = logging.getLogger(__name__)
 
@@ -186,99 +183,6 @@ class Experience:
             pad_token_id=pad_id,
             info={"parts": [e.info for e in experiences]},
         )
-
-
-# ----------------------------------------------------------------------------------------------
-# Forward passes (shared with the trainer)
-# ----------------------------------------------------------------------------------------------
-
-
-def _unwrap_peft(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _accepts_kwarg(model, name: str) -> bool:
-    try:
-        return name in inspect.signature(_unwrap_peft(model).forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _backbone_and_head(model):
-    """The transformer body and the ``score`` head of a sequence-classification model (peft
-    models unwrapped; their injected adapters and ``modules_to_save`` stay in effect)."""
-    base = _unwrap_peft(model)
-    backbone = getattr(base, base.base_model_prefix, None)
-    if backbone is None:
-        raise ValueError(f"{type(base).__name__} has no '{base.base_model_prefix}' backbone")
-    return backbone, value_head(base)
-
-
-def forward_logprobs(
-    model,
-    sequences: torch.Tensor,
-    attention_mask: torch.Tensor,
-    prompt_length: int,
-    temperature: float = 1.0,
-    *,
-    return_entropy: bool = False,
-    chunk_size: int = 8,
-):
-    """Log-probs ``(B, R)`` of the response tokens ``sequences[:, prompt_length:]`` under
-    ``model`` (logits divided by ``temperature``): column ``t`` comes from the logits at
-    position ``prompt_length + t - 1``. With ``return_entropy`` also the per-position entropy.
-    Differentiable (call under ``torch.no_grad`` for rollouts). Not masked."""
-    response_width = sequences.shape[1] - prompt_length
-    kwargs = dict(
-        input_ids=sequences,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_attention_mask(attention_mask),
-        use_cache=False,
-    )
-    if _accepts_kwarg(model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = response_width + 1
-    logits = model(**kwargs).logits
-    logits = logits[:, -(response_width + 1) : -1]
-    labels = sequences[:, prompt_length:]
-    logprobs = logprobs_from_logits(logits, labels, temperature, chunk_size)
-    if return_entropy:
-        return logprobs, entropy_from_logits(logits, temperature, chunk_size)
-    return logprobs
-
-
-def forward_values(
-    critic, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int, value_at: str = "state"
-) -> torch.Tensor:
-    """Critic values ``(B, R)`` in float32: the ``score`` head applied to the backbone's last
-    hidden state at position ``prompt_length + t - 1`` (``value_at="state"``) or
-    ``prompt_length + t`` (``"action"``). Differentiable. Not masked."""
-    if value_at not in ("state", "action"):
-        raise ValueError(f"value_at must be 'state' or 'action', got {value_at!r}")
-    backbone, head = _backbone_and_head(critic)
-    hidden = backbone(
-        input_ids=sequences,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_attention_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
-    response_width = sequences.shape[1] - prompt_length
-    start = prompt_length - 1 if value_at == "state" else prompt_length
-    return head(hidden[:, start : start + response_width]).squeeze(-1).float()
-
-
-def forward_scores(
-    reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_index: torch.Tensor
-) -> torch.Tensor:
-    """Reward-model scores ``(B,)`` in float32: the ``score`` head at ``score_index[b]`` of row b."""
-    backbone, head = _backbone_and_head(reward_model)
-    hidden = backbone(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_attention_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    return head(hidden[rows, score_index.to(hidden.device)]).squeeze(-1).float()
 
 
 # ----------------------------------------------------------------------------------------------
