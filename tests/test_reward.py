@@ -167,3 +167,22 @@ def test_tokenizer_that_can_only_pad_with_eos_is_a_clear_error(tmp_path, tiny_re
     tokenizer.pad_token = None
     with pytest.raises(ValueError, match="pads with its EOS token"):
         RewardTrainer(model=model, args=_config(tmp_path), train_dataset=_pairs([("q", "yes", "no")] * 2), processing_class=tokenizer)
+
+
+def test_resume_continues_step_count_and_loss_curve(tmp_path, smol_tokenizer):
+    from coati_hf.models import make_tiny_llama
+
+    def run(resume=None):
+        model, tokenizer = make_tiny_llama("sequence_classification", seed=0, tokenizer=smol_tokenizer)
+        args = _config(tmp_path, output_dir=str(tmp_path / "rm"), num_train_epochs=1, max_steps=6, logging_steps=1,
+                       save_strategy="steps", save_steps=3, per_device_train_batch_size=8)
+        trainer = RewardTrainer(model=model, args=args, train_dataset=load_sample("preferences"), processing_class=tokenizer)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, {entry["step"]: entry for entry in trainer.state.log_history if "loss" in entry}
+
+    _, full = run()
+    resumed_trainer, resumed = run(resume=str(tmp_path / "rm" / "checkpoint-3"))
+    assert resumed_trainer.state.global_step == 6
+    for step in (4, 5, 6):
+        assert resumed[step]["loss"] == pytest.approx(full[step]["loss"], rel=1e-4)
+        assert resumed[step]["accuracy"] == pytest.approx(full[step]["accuracy"])

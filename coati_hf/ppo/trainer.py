@@ -242,11 +242,11 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
         if resume_from_checkpoint:
             self._resume(resume_from_checkpoint)
         batcher = PromptBatcher(len(self.train_dataset), args.local_batch_size, args.seed, accelerator.process_index, accelerator.num_processes)
-        ptx_batches = self._ptx_batches()
         buffer = ReplayBuffer()
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         start_time = time.time()
         start_step = self.state.global_step
+        metrics: dict[str, float] = {}
 
         for update in range(self.state.global_step + 1, args.num_total_batches + 1):
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
@@ -258,7 +258,7 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
             if len(buffer.infos) > 1 and args.whiten_advantages:
                 buffer.whiten_advantages()
             self.model.train()
-            stats = self._optimize(model, buffer, ptx_batches)
+            stats = self._optimize(model, buffer, self._ptx_batches(update))
             rollout = _merge_infos(buffer.infos)
             buffer.clear()
 
@@ -379,19 +379,20 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
             metrics["loss/ptx_avg"] = mean(stats["ptx_loss"])
         return metrics
 
-    def _ptx_batches(self):
-        """An endless, seeded stream of pretraining batches (None without PTX)."""
+    def _ptx_batches(self, update: int):
+        """The pretraining batches of one update (None without PTX): an endless stream drawn from a
+        generator seeded by ``(seed, update, rank)``, so a resumed run sees the same batches."""
         if self.pretrain_blocks is None:
             return None
         blocks, batch_size = self.pretrain_blocks, self.args.ptx_batch_size
-        generator = torch.Generator().manual_seed(self.args.seed + 7919 * (1 + self.accelerator.process_index))
+        seed = hash((self.args.seed, update, self.accelerator.process_index)) % (2**63)
+        generator = torch.Generator().manual_seed(seed)
 
         def stream():
             while True:
                 order = torch.randperm(len(blocks), generator=generator)
                 for start in range(0, len(order) - batch_size + 1, batch_size):
-                    rows = [blocks[int(i)] for i in order[start : start + batch_size]]
-                    yield self.data_collator(rows)
+                    yield self.data_collator([blocks[int(i)] for i in order[start : start + batch_size]])
 
         return stream()
 
