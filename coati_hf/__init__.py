@@ -6,7 +6,7 @@ transformers and trl load only when a trainer or model helper is first touched.
 
 from __future__ import annotations
 
-import importlib
+from coati_hf._lazy import install_lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -34,17 +34,5 @@ _LAZY_ATTRS = {
     "make_tiny_llama": "coati_hf.models",
 }
 
-__all__ = sorted(_LAZY_ATTRS) + ["__version__"]
 
-
-def __getattr__(name: str):
-    module_name = _LAZY_ATTRS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'coati_hf' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+install_lazy_attributes(globals(), _LAZY_ATTRS)

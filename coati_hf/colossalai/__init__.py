@@ -15,34 +15,22 @@ Nothing here imports torch or colossalai until it is used.
 
 from __future__ import annotations
 
-import importlib
+from coati_hf._lazy import install_lazy_attributes
 
 _LAZY_ATTRS = {
-    "ColossalAIPlugin": "plugin",
-    "STRATEGIES": "plugin",
-    "CUDA_ONLY_STRATEGIES": "plugin",
-    "STRATEGY_ENV_VAR": "plugin",
-    "StrategyNotSupportedError": "plugin",
-    "resolve_strategy": "plugin",
-    "resolve_plugin": "plugin",
-    "check_strategy_supported": "plugin",
-    "ColossalAIAccelerator": "accelerator",
-    "inner_optimizer": "accelerator",
-    "ColossalAIMixin": "mixin",
-    "apply_cpu_shim": "cpu_shim",
+    "ColossalAIPlugin": ".plugin",
+    "STRATEGIES": ".plugin",
+    "CUDA_ONLY_STRATEGIES": ".plugin",
+    "STRATEGY_ENV_VAR": ".plugin",
+    "StrategyNotSupportedError": ".plugin",
+    "resolve_strategy": ".plugin",
+    "resolve_plugin": ".plugin",
+    "check_strategy_supported": ".plugin",
+    "ColossalAIAccelerator": ".accelerator",
+    "inner_optimizer": ".accelerator",
+    "ColossalAIMixin": ".mixin",
+    "apply_cpu_shim": ".cpu_shim",
 }
 
-__all__ = sorted(_LAZY_ATTRS)
 
-
-def __getattr__(name: str):
-    module = _LAZY_ATTRS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'coati_hf.colossalai' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+install_lazy_attributes(globals(), _LAZY_ATTRS)

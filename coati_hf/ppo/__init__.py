@@ -11,7 +11,7 @@ does not load torch or transformers.
 
 from __future__ import annotations
 
-import importlib
+from coati_hf._lazy import install_lazy_attributes
 
 _LAZY = {
     "PPOConfig": ".config",
@@ -44,17 +44,5 @@ _LAZY = {
     "generate_responses": ".generation",
 }
 
-__all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'coati_hf.ppo' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+install_lazy_attributes(globals(), _LAZY)
