@@ -88,6 +88,8 @@ class RewardTrainer(ColossalAIMixin, trl.RewardTrainer):
     - ``train_dataset`` / ``eval_dataset`` may be a path or any format of
       :func:`coati_hf.data.load_preference_dataset`.
     - Pairs longer than ``max_length`` are dropped with a logged count (TRL drops them silently).
+    - Sequences end at their last EOS (see :func:`end_at_last_eos`): the score is learnt where
+      PPO reads it, at the stop token.
     - Accuracy, margin and reward statistics come from the shipped ``reward_accuracy`` evaluate
       module, computed over every pair seen since the last log (the whole set at evaluation).
     """
@@ -124,6 +126,12 @@ class RewardTrainer(ColossalAIMixin, trl.RewardTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         before = len(dataset) if hasattr(dataset, "__len__") else None
         prepared = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        eos_id = processing_class.eos_token_id
+        if eos_id is not None and hasattr(prepared, "map"):
+            prepared = prepared.map(
+                lambda row: {key: end_at_last_eos(row[key], eos_id) for key in ("chosen_ids", "rejected_ids")},
+                desc=f"Ending {dataset_name} sequences at their EOS",
+            )
         why = f"have a chosen or rejected sequence longer than max_length={args.max_length} tokens"
         report_dropped_rows(dataset_name, before, prepared, "preference pairs", why)
         return prepared
@@ -155,6 +163,19 @@ class RewardTrainer(ColossalAIMixin, trl.RewardTrainer):
         # TRL's own per-batch statistics are superseded by the metric module's: skip its log().
         self._metrics[mode].clear()
         super(trl.RewardTrainer, self).log(logs, start_time)
+
+
+def end_at_last_eos(token_ids: list[int], eos_id: int) -> list[int]:
+    """Drop what a chat template puts after the final EOS (ChatML's trailing newline).
+
+    The score is read at the last token. PPO generates up to and including the stop token and
+    reads the score there, so the reward model must learn its score at EOS too, not one token
+    later on the template's "\\n".
+    """
+    for position in range(len(token_ids) - 1, -1, -1):
+        if token_ids[position] == eos_id:
+            return token_ids[: position + 1]
+    return token_ids
 
 
 def _as_preference_dataset(dataset):

@@ -215,4 +215,6 @@ def test_ppo_actor_and_critic_under_zero2_match_ddp(ranks):
     assert len(logs["ddp"]) >= 2  # two PPO iterations: policy loss, value loss, KL, score
     for ddp_row, zero2_row in zip(logs["ddp"], logs["zero2"], strict=True):
         assert zero2_row == pytest.approx(ddp_row, rel=1e-4, abs=1e-6)
-    assert logs["ddp"][1][2] > 0  # the policy moved away from the reference after the first update
+    # the policy moved away from the reference after the first update (k3 >= 0, and > 0 iff it moved;
+    # the k1 estimate in column 2 is unbiased but can be negative on a small sample)
+    assert logs["ddp"][1][4] > 0

@@ -254,3 +254,57 @@ def test_metrics_reach_callbacks_like_any_trainer(tmp_path, tiny_causal_lm):
     assert recorder.steps == [1, 2]
     assert [log["episode"] for log in recorder.logs] == [8, 16]
     assert all(log["objective/scores"] == pytest.approx(1.0) for log in recorder.logs)
+
+
+def _capture_buffers(trainer):
+    """Record the experience each update optimises on (the collated replay buffer)."""
+    captured = []
+    original = trainer._optimize
+
+    def spy(model, buffer, ptx_batches):
+        captured.append(buffer.collate())
+        return original(model, buffer, ptx_batches)
+
+    trainer._optimize = spy
+    return captured
+
+
+def test_advantages_are_whitened_once_over_the_whole_rollout(tmp_path, tiny_causal_lm):
+    """Two experience chunks with different rewards: whitening per chunk would erase the difference."""
+    from coati_hf.ppo.advantages import masked_mean
+
+    policy, tokenizer = tiny_causal_lm
+    calls = []
+
+    def reward(prompts, completions):
+        calls.append(len(completions))
+        return [10.0 if len(calls) % 2 == 1 else 0.0] * len(completions)
+
+    args = _config(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, experience_batch_size=4, total_episodes=8)
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=None, reward_model=reward,
+                         train_dataset=load_sample("prompts"), value_model=None)
+    captured = _capture_buffers(trainer)
+    trainer.train()
+    experience = captured[0]
+    assert calls == [4, 4] and len(experience) == 8
+    assert masked_mean(experience.advantages, experience.action_mask).abs() < 1e-4
+    first, second = masked_mean(experience.advantages[:4], experience.action_mask[:4]), masked_mean(experience.advantages[4:], experience.action_mask[4:])
+    assert first > 0.5 and second < -0.5, (first, second)
+
+
+def test_rows_dropped_for_nan_scores_are_refilled_as_masked_rows(tmp_path, tiny_causal_lm):
+    """Every rank must run the same number of micro-batches: dropped rows come back fully masked."""
+    policy, tokenizer = tiny_causal_lm
+
+    def reward(prompts, completions):
+        return [float("nan") if i < 3 else 1.0 for i in range(len(completions))]
+
+    trainer = PPOTrainer(args=_config(tmp_path, total_episodes=8), processing_class=tokenizer, model=policy, ref_model=None,
+                         reward_model=reward, train_dataset=load_sample("prompts"), value_model=None)
+    captured = _capture_buffers(trainer)
+    trainer.train()
+    experience = captured[0]
+    assert len(experience) == 8
+    assert int((experience.action_mask.sum(dim=-1) == 0).sum()) == 3
+    assert trainer.state.log_history[-1]["rollout/nan_scores"] == 3
+    assert all(torch.isfinite(p).all() for p in trainer.model.policy.parameters())

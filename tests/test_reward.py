@@ -186,3 +186,16 @@ def test_resume_continues_step_count_and_loss_curve(tmp_path, smol_tokenizer):
     for step in (4, 5, 6):
         assert resumed[step]["loss"] == pytest.approx(full[step]["loss"], rel=1e-4)
         assert resumed[step]["accuracy"] == pytest.approx(full[step]["accuracy"])
+
+
+def test_reward_is_learnt_where_ppo_reads_it(tmp_path, tiny_reward_model):
+    """PPO stops at EOS and reads the score there; ChatML adds a newline after EOS that the
+    reward model must not be trained to score on."""
+    from coati_hf.reward import end_at_last_eos
+
+    model, tokenizer = tiny_reward_model
+    trainer = RewardTrainer(model=model, args=_config(tmp_path), train_dataset=_pairs([("q?", "yes", "no")] * 2), processing_class=tokenizer)
+    for row in trainer.train_dataset:
+        assert row["chosen_ids"][-1] == tokenizer.eos_token_id and row["rejected_ids"][-1] == tokenizer.eos_token_id
+    assert end_at_last_eos([5, 2, 7, 2, 9], eos_id=2) == [5, 2, 7, 2]
+    assert end_at_last_eos([5, 7], eos_id=2) == [5, 7]

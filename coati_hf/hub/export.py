@@ -30,15 +30,22 @@ def merged_copy(model):
     return copy.deepcopy(model).merge_and_unload()
 
 
-def save_for_hub(model, tokenizer, output_dir: str | os.PathLike, *, is_main_process: bool = True) -> str:
-    """Save ``model`` (merged if PEFT, plus its adapter) and ``tokenizer`` in safetensors format."""
+def save_for_hub(model, tokenizer, output_dir: str | os.PathLike, *, is_main_process: bool = True, state_dict=None) -> str:
+    """Save ``model`` (merged if PEFT, plus its adapter) and ``tokenizer`` in safetensors format.
+
+    ``state_dict``: full weights gathered beforehand when the live model holds only a shard of
+    them (ColossalAI Gemini); ignored for PEFT models, whose weights are never sharded that way.
+    """
     output_dir = str(output_dir)
     if not is_main_process:
         return output_dir
     os.makedirs(output_dir, exist_ok=True)
     if is_peft_model(model):
         model.save_pretrained(os.path.join(output_dir, ADAPTER_SUBFOLDER), safe_serialization=True)
-    merged_copy(model).save_pretrained(output_dir, safe_serialization=True)
+    if state_dict is not None and not is_peft_model(model):
+        model.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
+    else:
+        merged_copy(model).save_pretrained(output_dir, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)
     return output_dir

@@ -59,7 +59,8 @@ def forward_logprobs(
 ):
     """Log-probs ``(B, R)`` of the response tokens ``sequences[:, prompt_length:]`` under
     ``model`` (logits divided by ``temperature``): column ``t`` comes from the logits at
-    position ``prompt_length + t - 1``. With ``return_entropy`` also the per-position entropy.
+    position ``prompt_length + t - 1``. With ``return_entropy`` also the per-position entropy
+    (without gradient: it is logged, not optimised).
     Differentiable (call under ``torch.no_grad`` for rollouts). Not masked."""
     response_width = sequences.shape[1] - prompt_length
     kwargs = dict(
@@ -75,7 +76,9 @@ def forward_logprobs(
     labels = sequences[:, prompt_length:]
     logprobs = logprobs_from_logits(logits, labels, temperature, chunk_size)
     if return_entropy:
-        return logprobs, entropy_from_logits(logits, temperature, chunk_size)
+        with torch.no_grad():  # for logging only: keeping its graph would hold a (B, R, V) softmax
+            entropy = entropy_from_logits(logits.detach(), temperature, chunk_size)
+        return logprobs, entropy
     return logprobs
 
 

@@ -30,6 +30,7 @@ trainer state and the KL coefficient, so ``train(resume_from_checkpoint=...)`` c
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -197,13 +198,15 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
         )
         args.compute_batch_sizes(world_size=self.accelerator.num_processes, train_dataset_len=len(train_dataset))
         self.kl_controller = build_kl_controller(args)
+        rollout_config = copy.copy(args)
+        rollout_config.whiten_advantages = False  # whitened once over the whole buffer in train()
         self.experience_maker = ExperienceMaker(
             policy=model,
             ref_policy=ref_model,
             critic=value_model,
             reward_model=value_model if self.reward_shares_critic else reward_model,
             tokenizer=processing_class,
-            config=args,
+            config=rollout_config,
             reward_tokenizer=roles.reward_tokenizer,
             kl_controller=self.kl_controller,
         )
@@ -233,6 +236,7 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
         self.model_wrapped, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         model = self.model_wrapped
+        torch.manual_seed(args.seed + accelerator.process_index * 100003)  # ranks sample different responses
 
         self.state.max_steps = args.num_total_batches
         self.state.num_train_epochs = args.total_episodes / len(self.train_dataset)
@@ -252,17 +256,19 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
             rows = [self.train_dataset[int(i)] for i in batcher.batch(update - 1)]
             self.model.eval()
-            for start in range(0, len(rows), args.experience_batch_size):
-                chunk = self.data_collator([{"input_ids": r["input_ids"]} for r in rows[start : start + args.experience_batch_size]])
-                buffer.append(self.experience_maker.make_experience(chunk))
-            if len(buffer.infos) > 1 and args.whiten_advantages:
-                buffer.whiten_advantages()
+            with accelerator.autocast():  # the same precision as the update, or ratios start off 1
+                for start in range(0, len(rows), args.experience_batch_size):
+                    chunk = self.data_collator([{"input_ids": r["input_ids"]} for r in rows[start : start + args.experience_batch_size]])
+                    buffer.append(self.experience_maker.make_experience(chunk))
+            _refill_dropped_rows(buffer, args.local_batch_size)
+            if args.whiten_advantages:
+                buffer.whiten_advantages()  # once over the whole rollout batch, as TRL does
             self.model.train()
             stats = self._optimize(model, buffer, self._ptx_batches(update))
             rollout = _merge_infos(buffer.infos)
             buffer.clear()
 
-            self.kl_controller.update(rollout["kl"], args.batch_size)
+            self.kl_controller.update(self._global_mean_kl(rollout), args.batch_size)
             self.lr_scheduler.step()
             self.state.global_step += 1
             self.state.episode += args.batch_size
@@ -336,6 +342,12 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
                     if ptx_loss is not None:
                         stats["ptx_loss"].append(float(ptx_loss))
         return stats
+
+    def _global_mean_kl(self, rollout: dict) -> float:
+        """The rollout's mean sequence KL over every rank, so all ranks steer the same coefficient."""
+        local = torch.tensor([rollout["kl"] * rollout["num_samples"], float(rollout["num_samples"])], device=self.accelerator.device)
+        total = self.accelerator.reduce(local, reduction="sum")
+        return (total[0] / total[1].clamp(min=1.0)).item()
 
     def _metrics(self, rollout: dict, stats: dict, start_time: float, start_step: int) -> dict[str, float]:
         """TRL 1.12's metric names, plus coati_hf's (PTX loss, KL coefficient, skips, counts)."""
@@ -422,7 +434,8 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
         decode = self.processing_class.decode
         for start in range(0, len(self.eval_dataset), batch_size):
             rows = self.eval_dataset[start : start + batch_size]["input_ids"]
-            experience = maker.make_experience(self.data_collator([{"input_ids": ids} for ids in rows]))
+            with self.accelerator.autocast():
+                experience = maker.make_experience(self.data_collator([{"input_ids": ids} for ids in rows]))
             prompt_mask = experience.attention_mask[:, : experience.prompt_length].bool()
             for row in range(len(experience)):
                 table["query"].append(decode(experience.prompt_ids[row][prompt_mask[row]], skip_special_tokens=True))
@@ -447,9 +460,14 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
         """Actor at ``output_dir`` (merged LoRA + ``adapter/``), critic at ``output_dir/critic``."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         wrapper = self.accelerator.unwrap_model(self.model_wrapped if self.model_wrapped is not None else self.model)
+        policy_state = critic_state = None
+        if getattr(self, "colossalai_enabled", False) and self.colossalai_plugin.is_gemini and self.model_wrapped is not None:
+            gathered = self.accelerator.get_state_dict(self.model_wrapped)  # collective: every rank
+            policy_state = {k[len("policy."):]: v for k, v in gathered.items() if k.startswith("policy.")}
+            critic_state = {k[len("value_model."):]: v for k, v in gathered.items() if k.startswith("value_model.")}
         if self.accelerator.is_main_process:
-            save_for_hub(wrapper.policy, self.processing_class, output_dir)
-            save_for_hub(wrapper.value_model, self.processing_class, os.path.join(output_dir, CRITIC_SUBFOLDER))
+            save_for_hub(wrapper.policy, self.processing_class, output_dir, state_dict=policy_state)
+            save_for_hub(wrapper.value_model, self.processing_class, os.path.join(output_dir, CRITIC_SUBFOLDER), state_dict=critic_state)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         self.accelerator.wait_for_everyone()
         if self.args.push_to_hub and not _internal_call:
@@ -495,6 +513,7 @@ def _merge_infos(infos: list[dict]) -> dict:
     flat = []
     for info in infos:
         flat.extend(info["parts"] if "parts" in info else [info])
+    flat = [info for info in flat if info]  # filler rows (see _refill_dropped_rows) carry no info
     total = sum(info["num_samples"] for info in flat)
     merged = {}
     for key in flat[0]:
@@ -505,6 +524,22 @@ def _merge_infos(infos: list[dict]) -> dict:
         else:
             merged[key] = sum(info[key] * info["num_samples"] for info in flat) / max(total, 1)
     return merged
+
+
+def _refill_dropped_rows(buffer: ReplayBuffer, size: int) -> None:
+    """Top the buffer up to ``size`` rows with copies whose action mask is all False.
+
+    Rows with a NaN score are dropped by the experience maker; without refilling, ranks would
+    run different numbers of micro-batches and their collective calls would pair up wrongly.
+    Every loss and statistic is masked, so the filler contributes nothing.
+    """
+    missing = size - len(buffer)
+    if missing <= 0:
+        return
+    collated = buffer.collate()
+    filler = collated.select(torch.arange(missing, device=collated.sequences.device) % len(collated))
+    zeros = {name: torch.zeros_like(getattr(filler, name)) for name in ("logprobs", "ref_logprobs", "values", "rewards", "advantages", "returns", "kl")}
+    buffer.append(dataclasses.replace(filler, action_mask=torch.zeros_like(filler.action_mask), info={}, **zeros))
 
 
 def _load_weights(model, folder: str) -> None:

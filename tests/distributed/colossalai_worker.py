@@ -264,7 +264,7 @@ def scenario_ppo(tokenizer, workdir, out):
         )  # fmt: skip
         trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward, train_dataset=prompts)
         trainer.train()
-        keys = ("loss/policy_avg", "loss/value_avg", "objective/kl", "objective/scores")
+        keys = ("loss/policy_avg", "loss/value_avg", "objective/kl", "objective/scores", "objective/kl_k3")
         out["ppo_logs"][strategy] = [[h[k] for k in keys] for h in trainer.state.log_history if keys[0] in h]
         out["ppo_accelerator_class"] = type(trainer.accelerator).__name__
 
