@@ -77,6 +77,39 @@ class ReplayBuffer:
         self._parts = [whitened]
         self._collated = whitened
 
+    def refill_to(self, size: int) -> None:
+        """Top the buffer up to ``size`` rows with copies whose action mask is all False.
+
+        The experience maker drops rows with a NaN score; without refilling, ranks would run
+        different numbers of micro-batches and their collective calls would pair up wrongly.
+        Every loss and statistic is masked, so the filler contributes nothing.
+        """
+        missing = size - len(self)
+        if missing <= 0:
+            return
+        collated = self.collate()
+        filler = collated.select(torch.arange(missing, device=collated.sequences.device) % len(collated))
+        zeroed = {name: torch.zeros_like(getattr(filler, name)) for name in Experience.TOKEN_FIELDS}
+        self.append(replace(filler, info={}, **zeroed))
+
+    def merged_info(self) -> dict:
+        """The ``info`` of every stored experience combined: means weighted by sample count,
+        ``num_*`` counts summed, the latest ``kl_coef``; filler rows carry no info."""
+        flat = []
+        for info in self.infos:
+            flat.extend(info["parts"] if "parts" in info else [info])
+        flat = [info for info in flat if info]
+        total = sum(info["num_samples"] for info in flat)
+        merged = {}
+        for key in flat[0]:
+            if key.startswith("num_"):
+                merged[key] = sum(info[key] for info in flat)
+            elif key == "kl_coef":
+                merged[key] = flat[-1][key]
+            else:
+                merged[key] = sum(info[key] * info["num_samples"] for info in flat) / max(total, 1)
+        return merged
+
     def iter_minibatches(
         self,
         num_mini_batches: int,

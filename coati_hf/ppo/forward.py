@@ -82,6 +82,19 @@ def forward_logprobs(
     return logprobs
 
 
+def _hidden_states_and_head(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """The last hidden states of a sequence-classification model's backbone at every position,
+    and its ``score`` head (applied by the caller at the positions it needs)."""
+    backbone, head = _backbone_and_head(model)
+    hidden = backbone(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_attention_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    return hidden, head
+
+
 def forward_values(
     critic, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int, value_at: str = "state"
 ) -> torch.Tensor:
@@ -90,13 +103,7 @@ def forward_values(
     ``prompt_length + t`` (``"action"``). Differentiable. Not masked."""
     if value_at not in ("state", "action"):
         raise ValueError(f"value_at must be 'state' or 'action', got {value_at!r}")
-    backbone, head = _backbone_and_head(critic)
-    hidden = backbone(
-        input_ids=sequences,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_attention_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
+    hidden, head = _hidden_states_and_head(critic, sequences, attention_mask)
     response_width = sequences.shape[1] - prompt_length
     start = prompt_length - 1 if value_at == "state" else prompt_length
     return head(hidden[:, start : start + response_width]).squeeze(-1).float()
@@ -106,12 +113,6 @@ def forward_scores(
     reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_index: torch.Tensor
 ) -> torch.Tensor:
     """Reward-model scores ``(B,)`` in float32: the ``score`` head at ``score_index[b]`` of row b."""
-    backbone, head = _backbone_and_head(reward_model)
-    hidden = backbone(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_attention_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
+    hidden, head = _hidden_states_and_head(reward_model, input_ids, attention_mask)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     return head(hidden[rows, score_index.to(hidden.device)]).squeeze(-1).float()

@@ -30,7 +30,6 @@ trainer state and the KL coefficient, so ``train(resume_from_checkpoint=...)`` c
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import os
@@ -260,12 +259,12 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
                 for start in range(0, len(rows), args.experience_batch_size):
                     chunk = self.data_collator([{"input_ids": r["input_ids"]} for r in rows[start : start + args.experience_batch_size]])
                     buffer.append(self.experience_maker.make_experience(chunk))
-            _refill_dropped_rows(buffer, args.local_batch_size)
+            buffer.refill_to(args.local_batch_size)
             if args.whiten_advantages:
                 buffer.whiten_advantages()  # once over the whole rollout batch, as TRL does
             self.model.train()
             stats = self._optimize(model, buffer, self._ptx_batches(update))
-            rollout = _merge_infos(buffer.infos)
+            rollout = buffer.merged_info()
             buffer.clear()
 
             self.kl_controller.update(self._global_mean_kl(rollout), args.batch_size)
@@ -506,40 +505,6 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-
-
-def _merge_infos(infos: list[dict]) -> dict:
-    """Combine the ``info`` of several experiences (means weighted by sample count, counts summed)."""
-    flat = []
-    for info in infos:
-        flat.extend(info["parts"] if "parts" in info else [info])
-    flat = [info for info in flat if info]  # filler rows (see _refill_dropped_rows) carry no info
-    total = sum(info["num_samples"] for info in flat)
-    merged = {}
-    for key in flat[0]:
-        if key.startswith("num_"):
-            merged[key] = sum(info[key] for info in flat)
-        elif key == "kl_coef":
-            merged[key] = flat[-1][key]
-        else:
-            merged[key] = sum(info[key] * info["num_samples"] for info in flat) / max(total, 1)
-    return merged
-
-
-def _refill_dropped_rows(buffer: ReplayBuffer, size: int) -> None:
-    """Top the buffer up to ``size`` rows with copies whose action mask is all False.
-
-    Rows with a NaN score are dropped by the experience maker; without refilling, ranks would
-    run different numbers of micro-batches and their collective calls would pair up wrongly.
-    Every loss and statistic is masked, so the filler contributes nothing.
-    """
-    missing = size - len(buffer)
-    if missing <= 0:
-        return
-    collated = buffer.collate()
-    filler = collated.select(torch.arange(missing, device=collated.sequences.device) % len(collated))
-    zeros = {name: torch.zeros_like(getattr(filler, name)) for name in ("logprobs", "ref_logprobs", "values", "rewards", "advantages", "returns", "kl")}
-    buffer.append(dataclasses.replace(filler, action_mask=torch.zeros_like(filler.action_mask), info={}, **zeros))
 
 
 def _load_weights(model, folder: str) -> None:
