@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from coati_hf.hub.export import (
     MANIFEST_NAME,
     ExportError,
+    adapter_folder,
     check_export,
     export_directory,
     find_local_paths,
@@ -98,6 +99,7 @@ def test_a_new_export_leaves_exactly_one_model_in_the_folder(tmp_path, base_dir,
     exports[first][0](out)
     exports[second][0](out)
     assert _files(out) == exports[second][1]
+    assert adapter_folder(out) == {"full": None, "lora": out / "adapter", "adapter_only": out}[second]
     expected = lora if second != "full" else full
     if second == "adapter_only":
         os.chdir(tmp_path)

@@ -18,6 +18,7 @@ _LAZY_ATTRS = {
     "merged_copy": "coati_hf.hub.export",
     "save_weights": "coati_hf.hub.export",
     "check_export": "coati_hf.hub.export",
+    "adapter_folder": "coati_hf.hub.export",
     "read_manifest": "coati_hf.hub.export",
     "ExportError": "coati_hf.hub.export",
     "atomic_directory": "coati_hf.hub.atomic",

@@ -189,6 +189,18 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
     return manifest
 
 
+def adapter_folder(folder: str | os.PathLike) -> Path | None:
+    """Where the export in ``folder`` keeps its LoRA adapter: ``adapter/`` (layout
+    ``full+adapter``), the folder itself (``adapter``), or None (``full``). Readers that resume
+    from an export (PPO checkpoints) use this rather than assume one layout."""
+    folder = Path(folder)
+    if (folder / ADAPTER_SUBFOLDER / "adapter_config.json").is_file():
+        return folder / ADAPTER_SUBFOLDER
+    if (folder / "adapter_config.json").is_file():
+        return folder
+    return None
+
+
 def check_export(folder: str | os.PathLike) -> dict:
     """The manifest of a complete export; an :class:`ExportError` naming what is missing otherwise."""
     manifest = read_manifest(folder)

@@ -44,7 +44,12 @@ logger = logging.getLogger(__name__)
 
 CRITIC_SUBFOLDER = "critic"
 UNKNOWN_LICENSE = "unknown"
-TITLES = {"sft": "SFT policy", "reward-model": "Reward model", "ppo": "PPO policy", "ppo-critic": "PPO critic"}
+TITLES = {
+    "sft": "SFT policy trained with coati_hf",
+    "reward-model": "Reward model trained with coati_hf",
+    "ppo": "PPO policy trained with coati_hf",
+    "ppo-critic": "PPO critic trained with coati_hf",
+}
 STAGE_HYPERPARAMETERS = {
     "sft": ("max_length", "packing", "completion_only_loss", "assistant_only_loss"),
     "reward-model": ("loss_fn", "max_length", "center_rewards_coefficient"),
@@ -278,7 +283,7 @@ def build_card(
     return render_card(
         stage,
         data,
-        title=f"{TITLES[stage]}: {reference}" if not subfolder else f"{TITLES[stage]} of {reference}",
+        title=TITLES[stage],
         model_id=reference,
         layout=layout,
         adapter_base=origin.reference,
