@@ -240,6 +240,40 @@ def test_every_export_is_complete_and_owned_by_its_manifest(chain):
     assert not (root / "ppo" / "critic" / MANIFEST_NAME).exists()  # the critic is part of the PPO export
 
 
+def test_a_ppo_export_that_fails_at_the_critic_never_leaves_a_new_actor_beside_the_old_critic(chain, tmp_path, monkeypatch):
+    import safetensors.torch
+    import transformers.modeling_utils
+
+    _, trainers = chain
+    out = tmp_path / "ppo"
+    trainers["ppo"].save_model(str(out))
+    before = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with torch.no_grad():  # the actor moves on: a new export would have different actor weights
+        for parameter in trainers["ppo"].model.policy.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.01)
+    written = []
+
+    def crash_on_the_critic(tensors, filename, metadata=None):
+        if f"{os.sep}critic{os.sep}" in filename:
+            raise OSError("killed while writing the critic")
+        written.append(filename)
+        safetensors.torch.save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", crash_on_the_critic)
+    try:
+        with pytest.raises(OSError, match="killed while writing the critic"):
+            trainers["ppo"].save_model(str(out))
+    finally:
+        with torch.no_grad():
+            for parameter in trainers["ppo"].model.policy.parameters():
+                if parameter.requires_grad:
+                    parameter.sub_(0.01)
+    assert written  # the new actor had been written (in the staging folder) before the crash
+    assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ppo"]
+
+
 # ---------------------------------------------------------------------------------------------
 # the config's adapter-only switch
 # ---------------------------------------------------------------------------------------------
