@@ -152,7 +152,14 @@ class AtomicCheckpointMixin:
         Yields the staged ``checkpoint-N`` folder: whatever is written there (by the Trainer's
         ``_save_checkpoint`` or by the caller) appears at ``<run_dir>/checkpoint-N`` together, on
         a normal exit. Nested use yields the same folder. Every rank must enter it (it holds
-        barriers); the ranks that save (``args.should_save``) publish.
+        barriers); the ranks that save (``args.should_save``) publish. A trainer that adds files
+        to its checkpoints writes them inside the block::
+
+            def _save_checkpoint(self, model, trial):
+                with self.atomic_checkpoint(trial) as checkpoint:
+                    super()._save_checkpoint(model, trial)  # the Trainer writes into `checkpoint`
+                    if self.args.should_save:
+                        (checkpoint / "extra_state.json").write_text(...)
         """
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
