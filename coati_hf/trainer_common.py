@@ -45,6 +45,13 @@ class CoatiArgumentsMixin(HubExportArguments):
     )
 
     def __post_init__(self):
+        if isinstance(self.colossalai_strategy, str):
+            from .colossalai.plugin import normalize_strategy
+
+            try:
+                self.colossalai_strategy = normalize_strategy(self.colossalai_strategy)
+            except ValueError as err:
+                raise ValueError(f"colossalai_strategy: {err}") from None
         if getattr(self, "bf16", None) is None:
             self.bf16 = (not getattr(self, "fp16", False)) and hardware_supports_bf16()
         super().__post_init__()

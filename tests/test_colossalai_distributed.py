@@ -63,6 +63,7 @@ _SCENARIO_OF = {
     "optimizer_state_bytes": "trainer",
     "accelerator_class": "trainer",
     "trainer_losses_accum2": "trainer",
+    "trainer_optimizer_steps_accum2": "trainer",
     "bf16_zero2_losses": "trainer",
     "env_var_strategy": "env_var",
     "resume_full_losses": "resume",
@@ -82,6 +83,11 @@ _SCENARIO_OF = {
     "state_reloaded_losses": "accelerator_state",
     "reload_weights": "reload_weights",
     "ppo_logs": "ppo",
+    "ppo_optimizer_steps": "ppo",
+    "ppo_accelerator_class": "ppo",
+    "ppo_weight_update_norm": "ppo",
+    "ppo_final_weight_rel_diff": "ppo",
+    "ppo_weight_update_rel_diff": "ppo",
     "sft_losses": "trl",
     "reward_losses": "trl",
 }
@@ -114,10 +120,15 @@ def test_zero2_grad_norm_and_clipping_match_ddp(ranks):
     assert max(norms["ddp"]) > 1.0  # above max_grad_norm=1.0: the clip was exercised
 
 
-@pytest.mark.parametrize("strategy", ["zero1", "zero2"])
-def test_gradient_accumulation_matches_ddp(ranks, strategy):
+@pytest.mark.parametrize("strategy", ["ddp", "zero1", "zero2"])
+def test_gradient_accumulation_matches_plain_accelerate(ranks, strategy):
+    """The Trainer's own loop with accumulation 2: the same losses and the same number of
+    optimizer steps as plain Accelerate (one per 2 micro-batches)."""
     accumulated = _result(ranks, "trainer_losses_accum2")
-    assert accumulated[strategy] == pytest.approx(accumulated["ddp"], rel=REL)
+    assert accumulated[strategy] == pytest.approx(accumulated["accelerate"], rel=REL)
+    for rank in (0, 1):
+        steps = _result(ranks, "trainer_optimizer_steps_accum2", rank)
+        assert steps[strategy] == steps["accelerate"] == 6
     # 2 micro-batches of 2 == 1 batch of 4
     assert accumulated["ddp"] == pytest.approx(_result(ranks, "trainer_losses")["ddp"], rel=1e-4)
 
@@ -208,13 +219,25 @@ def test_trl_trainers_under_zero2_match_ddp(ranks, kind):
     assert losses["zero2"] == pytest.approx(losses["ddp"], rel=REL)
 
 
-def test_ppo_actor_and_critic_under_zero2_match_ddp(ranks):
+@pytest.mark.parametrize("strategy", ["ddp", "zero2"])
+def test_ppo_with_accumulation_matches_plain_accelerate(ranks, strategy):
+    """PPO, gradient accumulation 2, 2 PPO epochs, 2 updates: one optimizer step per minibatch
+    (2 per update, not one per micro-batch), and the same metrics and weight updates as plain
+    Accelerate on the same ranks."""
     if "ppo_unavailable" in ranks[0]:
         pytest.skip(f"coati_hf.ppo is not importable: {ranks[0]['ppo_unavailable']}")
     logs = _result(ranks, "ppo_logs")
-    assert len(logs["ddp"]) >= 2  # two PPO iterations: policy loss, value loss, KL, score
-    for ddp_row, zero2_row in zip(logs["ddp"], logs["zero2"], strict=True):
-        assert zero2_row == pytest.approx(ddp_row, rel=1e-4, abs=1e-6)
-    # the policy moved away from the reference after the first update (k3 >= 0, and > 0 iff it moved;
-    # the k1 estimate in column 2 is unbiased but can be negative on a small sample)
-    assert logs["ddp"][1][4] > 0
+    assert _result(ranks, "ppo_accelerator_class")[strategy] == "ColossalAIAccelerator"
+    assert _result(ranks, "ppo_accelerator_class")["accelerate"] == "Accelerator"
+    for rank in (0, 1):
+        steps = _result(ranks, "ppo_optimizer_steps", rank)
+        assert steps[strategy] == steps["accelerate"] == 2 * 2  # updates x epochs x minibatches
+    assert len(logs["accelerate"]) == 2  # policy loss, value loss, KL, score, k3 per update
+    for reference_row, row in zip(logs["accelerate"], logs[strategy], strict=True):
+        assert row == pytest.approx(reference_row, rel=1e-4, abs=1e-6)
+    assert _result(ranks, "ppo_weight_update_norm") > 1e-3  # the weights did move
+    assert _result(ranks, "ppo_final_weight_rel_diff")[strategy] < 1e-4
+    # stricter: the two runs' weight updates differ by far less than the updates themselves
+    assert _result(ranks, "ppo_weight_update_rel_diff")[strategy] < 1e-3
+    # the policy moved away from the reference after the first update (k3 >= 0, and > 0 iff it moved)
+    assert logs["accelerate"][1][4] > 0

@@ -457,3 +457,104 @@ def test_buffer_minibatches_cover_every_sample_once_per_epoch(models, tokenizer,
     assert len(buffer) == 0
     with pytest.raises(ValueError):
         buffer.collate()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling uses exactly softmax(logits / T): the model's generation_config does not leak in
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_models_generation_config_does_not_change_the_sampling(tokenizer, prompts, tmp_path):
+    """A policy that puts ~98.5% of its mass on one token, whose checkpoint asks for a huge
+    repetition penalty and suppresses that very token. PPO's log-probs describe the plain
+    tempered softmax, so the rollout must sample from it: the favourite token almost always,
+    repeated, and the recorded log-probs are log 0.985."""
+    policy, _ = make_tiny_llama("causal_lm", seed=0, tokenizer=tokenizer)
+    favourite = tokenizer.convert_tokens_to_ids("Ġthe")
+    hidden, vocab = policy.config.hidden_size, policy.config.vocab_size
+    with torch.no_grad():  # logits = bias: 15 for the favourite, 0 elsewhere
+        policy.model.norm.weight.zero_()
+        policy.lm_head = torch.nn.Linear(hidden, vocab, bias=True)
+        policy.lm_head.weight.zero_()
+        policy.lm_head.bias.zero_()
+        policy.lm_head.bias[favourite] = 15.0
+    policy.generation_config.repetition_penalty = 1e4
+    policy.generation_config.suppress_tokens = [favourite]
+    policy.generation_config.top_k = 5
+    policy.generation_config.no_repeat_ngram_size = 1
+    maker = ExperienceMaker(policy, copy.deepcopy(policy), None, lambda p, c: [0.0] * len(c), tokenizer,
+                            make_config(tmp_path, temperature=1.0, stop_token=None))
+    torch.manual_seed(0)
+    experience = maker.make_experience(prompts * 4)
+    actions = experience.response_ids[experience.action_mask]
+    assert (actions == favourite).float().mean() > 0.9
+    expected = math.log(math.exp(15.0) / (math.exp(15.0) + vocab - 1))
+    chosen = experience.logprobs[experience.action_mask][actions == favourite]
+    assert torch.allclose(chosen, torch.full_like(chosen, expected), atol=1e-4)
+    # the checkpoint's own settings are back in place afterwards
+    assert policy.generation_config.repetition_penalty == 1e4 and policy.generation_config.suppress_tokens == [favourite]
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder reward models (BERT, DeBERTa-v2) with their own tokenizers
+# ---------------------------------------------------------------------------------------------
+
+
+def encoder_tokenizer():
+    """A BERT-style WordPiece tokenizer ([CLS] text [SEP]) trained here on the shipped samples."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from coati_hf.data import load_sample
+
+    texts = list(load_sample("pretrain")["text"])
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    backend.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=600, special_tokens=special))
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[(t, backend.token_to_id(t)) for t in ("[CLS]", "[SEP]")]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def encoder_reward_model(architecture: str, reward_tokenizer):
+    from transformers import BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification
+
+    common = dict(vocab_size=len(reward_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, num_labels=1, pad_token_id=reward_tokenizer.pad_token_id,
+                  max_position_embeddings=512, initializer_range=0.5)
+    torch.manual_seed(5)
+    if architecture == "bert":
+        return BertForSequenceClassification(BertConfig(**common)).eval()
+    return DebertaV2ForSequenceClassification(DebertaV2Config(**common, pooler_hidden_size=32)).eval()
+
+
+@pytest.mark.parametrize("architecture", ["bert", "deberta-v2"])
+def test_encoder_reward_models_score_with_their_own_forward(models, tokenizer, prompts, tmp_path, architecture):
+    """BERT pools [CLS] through its pooler, DeBERTa through a ContextPooler: their score is what
+    the model's own forward gives on its own tokenization of the decoded text, not a head
+    applied to the last token's hidden state."""
+    policy, critic, _ = models
+    reward_tokenizer = encoder_tokenizer()
+    reward_model = encoder_reward_model(architecture, reward_tokenizer)
+    _, exp = make(policy, copy.deepcopy(policy), critic, reward_model, tokenizer, make_config(tmp_path), prompts,
+                  reward_tokenizer=reward_tokenizer)
+    texts = [tokenizer.decode(unpadded_row(exp, row)[0], skip_special_tokens=False) for row in range(len(exp))]
+    with torch.no_grad():
+        own = torch.stack([reward_model(**reward_tokenizer(text, return_tensors="pt")).logits[0, 0] for text in texts])
+    torch.testing.assert_close(exp.scores, own, atol=1e-5, rtol=1e-4)
+    assert own.std() > 1e-4  # the texts get different scores: the comparison can fail
+
+
+def test_an_encoder_model_cannot_be_the_critic(models, tokenizer):
+    from coati_hf.ppo.roles import build_roles
+
+    policy, _, reward = models
+    reward_tokenizer = encoder_tokenizer()
+    with pytest.raises(ValueError, match="no per-position `score` head"):
+        build_roles(copy.deepcopy(policy), None, reward, encoder_reward_model("bert", reward_tokenizer), tokenizer)

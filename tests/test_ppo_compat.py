@@ -369,7 +369,7 @@ def test_nan_scores_for_every_sample_stop_the_run_and_keep_the_last_checkpoint(t
     reward = ScriptedReward({2: "all"})
     config = ppo_config(tmp_path, total_episodes=6, save_strategy="steps", save_steps=1)
     trainer = build(tmp_path, tok, reward_model=reward, config=config)
-    with pytest.raises(ValueError, match=r"every reward score .* NaN"):
+    with pytest.raises(ValueError, match=r"reward score of every sample is NaN"):
         trainer.train()
     assert trainer.state.global_step == 2
     checkpoint = Path(config.output_dir) / "checkpoint-2"
@@ -476,8 +476,9 @@ def test_reward_model_with_a_smaller_vocabulary_is_scored_on_retokenized_text(tm
 
 
 def test_reward_model_with_a_permuted_vocabulary_of_the_same_size(tmp_path, tok):
-    """Same vocabulary size, different ids: nothing in the model's shape gives it away, so the
-    tokenizer must come from reward_processing_class or from the reward model's folder."""
+    """Same vocabulary size, different ids: nothing in the model's shape gives it away. The
+    tokenizer saved with the reward model is compared by content: without reward_processing_class
+    that is an error saying what to pass; with it, completions are re-tokenized."""
     from transformers import AutoModelForSequenceClassification
 
     reward_tokenizer = shifted_tokenizer(tok)
@@ -487,15 +488,29 @@ def test_reward_model_with_a_permuted_vocabulary_of_the_same_size(tmp_path, tok)
     reward_model.save_pretrained(folder)
     reward_tokenizer.save_pretrained(folder)
 
-    given = build(tmp_path, tok, reward_model=reward_model, reward_processing_class=reward_tokenizer)
-    from_folder = build(tmp_path, tok, reward_model=AutoModelForSequenceClassification.from_pretrained(folder))
-    for trainer in (given, from_folder):
-        assert trainer.experience_maker.retokenize_for_reward
-        experience = rollout(trainer, tok)
-        expected = reference_scores(experience, tok, trainer.reward_model, reward_tokenizer)
-        torch.testing.assert_close(experience.scores, expected, atol=1e-5, rtol=1e-4)
-        # scoring the policy's ids directly would have given other numbers
-        assert not torch.allclose(reference_scores(experience, tok, trainer.reward_model, tok), expected, atol=1e-3)
+    from_folder = AutoModelForSequenceClassification.from_pretrained(folder)
+    with pytest.raises(ValueError, match=r"own tokenizer.*reward_processing_class=AutoTokenizer\.from_pretrained"):
+        build(tmp_path, tok, reward_model=from_folder)
+
+    trainer = build(tmp_path, tok, reward_model=from_folder, reward_processing_class=reward_tokenizer)
+    assert trainer.experience_maker.retokenize_for_reward
+    experience = rollout(trainer, tok)
+    expected = reference_scores(experience, tok, trainer.reward_model, reward_tokenizer)
+    torch.testing.assert_close(experience.scores, expected, atol=1e-5, rtol=1e-4)
+    # scoring the policy's ids directly would have given other numbers
+    assert not torch.allclose(reference_scores(experience, tok, trainer.reward_model, tok), expected, atol=1e-3)
+
+
+def test_reward_tokenizer_of_the_same_ids_but_another_eos_is_a_difference(tok):
+    """Tokenizers are compared by content, special tokens included, never by size."""
+    from coati_hf.ppo.roles import tokenizer_difference
+
+    same = copy.deepcopy(tok)
+    assert tokenizer_difference(same, tok) is None
+    other_eos = copy.deepcopy(tok)
+    other_eos.eos_token = "<|endoftext|>" if tok.eos_token != "<|endoftext|>" else "<|im_start|>"
+    assert "eos_token" in tokenizer_difference(other_eos, tok)
+    assert "is id" in tokenizer_difference(shifted_tokenizer(tok), tok)
 
 
 def test_peft_policy_with_a_reward_of_another_vocabulary(tmp_path, tok):

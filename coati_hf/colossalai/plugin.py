@@ -248,7 +248,10 @@ def resolve_strategy(args=None) -> str | None:
     from_args = getattr(args, "colossalai_strategy", None) if args is not None else None
     if from_args is not None and (not isinstance(from_args, str) or from_args.strip()):
         return normalize_strategy(from_args)
-    return normalize_strategy(os.environ.get(STRATEGY_ENV_VAR))
+    try:
+        return normalize_strategy(os.environ.get(STRATEGY_ENV_VAR))
+    except ValueError as err:
+        raise ValueError(f"{err} -- read from the environment variable {STRATEGY_ENV_VAR}") from None
 
 
 def resolve_plugin(args=None, plugin: ColossalAIPlugin | str | None = None) -> ColossalAIPlugin | None:

@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import torch
 
-from .advantages import masked_whiten
+from .advantages import compute_gae, masked_whiten
 from .experience import Experience
 
 __all__ = ["ReplayBuffer"]
@@ -64,18 +64,28 @@ class ReplayBuffer:
             self._collated = Experience.concatenate(self._parts)
         return self._collated
 
+    def whiten_rewards(self, gamma: float, lam: float) -> None:
+        """TRL's ``whiten_rewards``: scale the per-token rewards to unit variance (mean kept)
+        over every stored sample, then recompute GAE advantages and returns from them.
+        Use with ``whiten_rewards=False`` in the maker, so each sample is whitened once, with
+        statistics of the whole rollout batch rather than of one experience chunk."""
+        collated = self.collate()
+        rewards = masked_whiten(collated.rewards, collated.action_mask, shift_mean=False)
+        advantages, returns = compute_gae(rewards, collated.values, collated.action_mask, gamma, lam)
+        self._replace_all(collated, rewards=rewards, advantages=advantages, returns=returns)
+
     def whiten_advantages(self) -> None:
         """Whiten the advantages jointly over every stored sample (masked), replacing any
         per-experience whitening; use with ``whiten_advantages=False`` in the maker when an
         iteration collects several small experience batches."""
         collated = self.collate()
-        whitened = replace(
-            collated,
-            advantages=masked_whiten(collated.advantages, collated.action_mask),
-            info={"parts": self.infos},
-        )
-        self._parts = [whitened]
-        self._collated = whitened
+        self._replace_all(collated, advantages=masked_whiten(collated.advantages, collated.action_mask))
+
+    def _replace_all(self, collated: Experience, **changes) -> None:
+        """Hold one experience: ``collated`` with ``changes`` (the parts' infos are kept)."""
+        merged = replace(collated, info={"parts": self._flat_infos()}, **changes)
+        self._parts = [merged]
+        self._collated = merged
 
     def refill_to(self, size: int) -> None:
         """Top the buffer up to ``size`` rows with copies whose action mask is all False.
@@ -92,13 +102,21 @@ class ReplayBuffer:
         zeroed = {name: torch.zeros_like(getattr(filler, name)) for name in Experience.TOKEN_FIELDS}
         self.append(replace(filler, info={}, **zeroed))
 
+    def _flat_infos(self) -> list[dict]:
+        """Every appended experience's own ``info``, however often the buffer was collated."""
+        flat, pending = [], list(self.infos)
+        while pending:
+            info = pending.pop(0)
+            if "parts" in info:
+                pending[:0] = info["parts"]
+            else:
+                flat.append(info)
+        return flat
+
     def merged_info(self) -> dict:
         """The ``info`` of every stored experience combined: means weighted by sample count,
         ``num_*`` counts summed, the latest ``kl_coef``; filler rows carry no info."""
-        flat = []
-        for info in self.infos:
-            flat.extend(info["parts"] if "parts" in info else [info])
-        flat = [info for info in flat if info]
+        flat = [info for info in self._flat_infos() if info]
         total = sum(info["num_samples"] for info in flat)
         merged = {}
         for key in flat[0]:

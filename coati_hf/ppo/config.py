@@ -303,9 +303,21 @@ class PPOConfig(CoatiArgumentsMixin, TrainingArguments):
         self.compute_batch_sizes(world_size=world_size)
 
     def _validate_ppo_fields(self) -> None:
+        """Refuse, at construction, every value that would train on wrong numbers later.
+
+        Each message names the field, the allowed range and the value given.
+        """
+
         def choice(name, allowed):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+        def number(name, allowed: str, ok) -> None:
+            value = getattr(self, name)
+            if value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+                raise ValueError(f"PPOConfig.{name} must be {allowed}, got {value!r}")
 
         choice("kl_estimator", ("k1", "k3"))
         choice("kl_controller", ("fixed", "adaptive"))
@@ -315,20 +327,34 @@ class PPOConfig(CoatiArgumentsMixin, TrainingArguments):
         choice("stop_token", ("eos", None))
         if self.stop_token is not None and self.stop_token_id is not None:
             raise ValueError("You cannot set both `stop_token` and `stop_token_id`.")
-        if not 0.0 <= self.ptx_coef <= 1.0:
-            raise ValueError(f"ptx_coef must be in [0, 1], got {self.ptx_coef}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive (PPO samples its responses), got {self.temperature}")
-        if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
-            raise ValueError(f"missing_eos_penalty must be a positive value, got {self.missing_eos_penalty}")
+        for name in (
+            "response_length",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "experience_batch_size",
+            "ptx_batch_size",
+            "local_rollout_forward_batch_size",
+            "num_mini_batches",
+            "num_ppo_epochs",
+        ):
+            number(name, "an integer >= 1", lambda v: v >= 1 and float(v).is_integer())
+        number("kl_coef", "a finite number >= 0", lambda v: v >= 0)
+        number("vf_coef", "a finite number >= 0", lambda v: v >= 0)
+        number("cliprange", "a finite number > 0", lambda v: v > 0)
+        number("cliprange_value", "a finite number > 0 (or None: no value clipping)", lambda v: v > 0)
+        number("gamma", "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+        number("lam", "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+        number("ptx_coef", "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+        number("temperature", "a finite number > 0 (PPO samples its responses)", lambda v: v > 0)
+        number("missing_eos_penalty", "a finite number >= 0 (it is subtracted from the score)", lambda v: v >= 0)
         for name in ("score_clip", "ratio_guard", "max_prompt_length"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive or None, got {value}")
-        if self.kl_controller == "adaptive" and (self.kl_target <= 0 or self.kl_horizon <= 0):
-            raise ValueError("kl_target and kl_horizon must be positive for the adaptive KL controller")
-        if self.num_mini_batches < 1 or self.num_ppo_epochs < 1:
-            raise ValueError("num_mini_batches and num_ppo_epochs must be at least 1")
+            number(name, "a finite number > 0, or None", lambda v: v > 0)
+        if self.kl_controller == "adaptive":
+            number("kl_target", "a finite number > 0 for the adaptive KL controller", lambda v: v > 0)
+            number("kl_horizon", "a finite number > 0 for the adaptive KL controller", lambda v: v > 0)
+        if self.total_episodes is not None:
+            number("total_episodes", "an integer >= 1, or None", lambda v: v >= 1)
 
     def compute_batch_sizes(self, world_size: int | None = None, train_dataset_len: int | None = None) -> None:
         """Fill in TRL's derived batch sizes (same formulas and divisibility checks as TRL's

@@ -33,10 +33,13 @@ train/eval state restored afterwards):
 2. sample responses (:func:`~coati_hf.ppo.generation.generate_responses`), build the action mask,
    pad everything after the first stop token;
 3. score: a sequence-classification reward model reads its ``score`` head at the last action
-   token; a reward model with a different vocabulary gets the text re-tokenized with its own
-   tokenizer (right padding, read at the last non-pad token); a Python callable gets
-   ``(prompts, completions)`` text. Non-finite scores drop their rows (counted in
-   ``info["num_nan_scores"]``; an error if every score is non-finite);
+   token; a reward model with a different tokenizer gets the text re-tokenized with its own
+   tokenizer (right padding, read at the last non-pad token); a reward model whose head pools
+   its input (BERT, DeBERTa: ``classifier``) is scored by its own forward on right-padded
+   input; a Python callable gets ``(prompts, completions)`` text. Rows whose score is NaN or
+   infinite (in float32 or once cast to the policy's dtype) are dropped, and so are rows whose
+   rewards, returns or advantages overflow later (all counted in ``info["num_nan_scores"]``;
+   an error if every row would be dropped);
 4. forward passes, ``local_rollout_forward_batch_size`` rows at a time: policy and reference
    log-probs (reference = ``ref_policy``, or the peft ``policy`` with its adapter disabled, or
    with ``config.ref_adapter_name`` active), critic values;
@@ -65,6 +68,7 @@ from .generation import (
 )
 from .forward import forward_logprobs, forward_scores, forward_values  # noqa: F401 (re-exported for users)
 from .kl import build_kl_controller, kl_penalty
+from .roles import tokenizer_difference
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +214,19 @@ def _embeddable_pad_id(tokenizer, model) -> int:
     return eos_id if eos_id is not None and eos_id < embeddings.num_embeddings else 0
 
 
+def _count_dropped(keep: torch.Tensor, what: str) -> int:
+    """Number of rows ``keep`` drops (with a warning); an error if it would drop every row."""
+    dropped = int((~keep).sum())
+    if dropped == len(keep):
+        raise ValueError(
+            f"no usable sample in the batch: the {what} of every sample is NaN or infinite ({dropped} samples); check the reward "
+            "model or function (score_clip bounds huge scores)"
+        )
+    if dropped:
+        logger.warning("Dropping %d of %d samples: their %s is NaN or infinite", dropped, len(keep), what)
+    return dropped
+
+
 @contextmanager
 def _eval_mode(*models):
     """Put every module of ``models`` in eval mode; restore each module's flag afterwards."""
@@ -292,12 +309,7 @@ class ExperienceMaker:
         self.prompt_add_special_tokens = prompt_add_special_tokens
         self.reward_is_function = callable(reward_model) and not isinstance(reward_model, torch.nn.Module)
         self.reward_tokenizer = reward_tokenizer
-        self.retokenize_for_reward = (
-            not self.reward_is_function
-            and reward_tokenizer is not None
-            and reward_tokenizer is not tokenizer
-            and reward_tokenizer.get_vocab() != tokenizer.get_vocab()
-        )
+        self.retokenize_for_reward = not self.reward_is_function and tokenizer_difference(reward_tokenizer, tokenizer) is not None
         if self.retokenize_for_reward and reward_tokenizer.pad_token_id is None:
             raise ValueError("the reward tokenizer needs a pad token")
         if self.config.temperature <= 0:
@@ -339,17 +351,14 @@ class ExperienceMaker:
             sequences = torch.cat([prompt_ids, responses], dim=1)
             attention_mask = torch.cat([prompt_mask.long(), action_mask.long()], dim=1)
 
-            # 3. scores; rows whose score is not finite are dropped
+            # 3. scores; rows whose score is not finite (also once cast to the training dtype) are dropped
             scores = self._score(sequences, attention_mask, prompt_length, action_mask, prompt_texts).to(device)
-            finite = torch.isfinite(scores)
-            num_bad = int((~finite).sum())
-            if num_bad == len(scores):
-                raise ValueError(f"every reward score of the batch is NaN or infinite ({num_bad} samples)")
+            training_dtype = next(self.policy.parameters()).dtype
+            finite = torch.isfinite(scores) & torch.isfinite(scores.to(training_dtype))
+            num_bad = _count_dropped(finite, "reward score")
             if num_bad:
-                logger.warning("Dropping %d of %d samples whose reward score is NaN or infinite", num_bad, len(scores))
-                keep = finite
-                sequences, attention_mask, action_mask = sequences[keep], attention_mask[keep], action_mask[keep]
-                scores, has_stop = scores[keep], has_stop[keep]
+                sequences, attention_mask, action_mask = sequences[finite], attention_mask[finite], action_mask[finite]
+                scores, has_stop = scores[finite], has_stop[finite]
             if config.missing_eos_penalty is not None:
                 scores = scores - config.missing_eos_penalty * (~has_stop).float()
 
@@ -382,6 +391,16 @@ class ExperienceMaker:
             if config.whiten_rewards:
                 rewards = masked_whiten(rewards, action_mask, shift_mean=False)
             advantages, returns = compute_gae(rewards, values, action_mask, config.gamma, config.lam)
+            # a finite but huge score can still overflow once summed into rewards and returns
+            finite = torch.isfinite(rewards).all(dim=-1) & torch.isfinite(returns).all(dim=-1)
+            finite &= torch.isfinite(advantages).all(dim=-1)
+            dropped = _count_dropped(finite, "reward, return or advantage")
+            if dropped:
+                num_bad += dropped
+                sequences, attention_mask, action_mask = sequences[finite], attention_mask[finite], action_mask[finite]
+                scores, has_stop, logprobs, ref_logprobs = scores[finite], has_stop[finite], logprobs[finite], ref_logprobs[finite]
+                values, kl, rewards = values[finite], kl[finite], rewards[finite]
+                advantages, returns = advantages[finite], returns[finite]
             if getattr(config, "whiten_advantages", True):
                 advantages = masked_whiten(advantages, action_mask)
 

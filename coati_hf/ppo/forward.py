@@ -6,9 +6,14 @@ For ``sequences`` = ``[left-padded prompt (P columns) | response (R columns)]``:
                               divided by the sampling temperature
     forward_values    (B, R)  the critic's score head on the last hidden state at P+t-1 (V of the
                               state before action t, value_at="state") or at P+t ("action", Coati)
-    forward_scores    (B,)    a reward model's score head at a given position per row
+    forward_scores    (B,)    a reward model's score head at a given position per row; a model
+                              whose head pools its input (BERT's pooler, DeBERTa's
+                              ContextPooler: a ``classifier``, not a per-position ``score``) is
+                              scored by its own forward on right-packed input instead
 
 Position ids are ``cumsum(attention_mask) - 1`` everywhere, so left padding never shifts them.
+Only a model with a ``score`` head that applies to every position's hidden state (transformers'
+``*ForSequenceClassification`` of a causal LM: Llama, Qwen, GPT-2, ...) can be a critic.
 The rollout (:class:`~coati_hf.ppo.experience.ExperienceMaker`) calls these under no_grad and the
 trainer calls them with gradients: the first update's probability ratio is exactly 1.
 """
@@ -23,7 +28,7 @@ from ..models import value_head
 from .generation import position_ids_from_attention_mask
 from .losses import entropy_from_logits, logprobs_from_logits
 
-__all__ = ["forward_logprobs", "forward_values", "forward_scores"]
+__all__ = ["forward_logprobs", "forward_values", "forward_scores", "scores_every_position"]
 
 
 def _unwrap_peft(model):
@@ -37,10 +42,24 @@ def _accepts_kwarg(model, name: str) -> bool:
         return False
 
 
+def scores_every_position(model) -> bool:
+    """Whether ``model``'s head is a per-position ``score`` layer (a causal LM's sequence
+    classifier reads it at the last token) rather than a head that pools the whole input."""
+    head = getattr(_unwrap_peft(model), "score", None)
+    head = getattr(head, "original_module", head)  # peft's modules_to_save wrapper around the head
+    return isinstance(head, torch.nn.Linear)
+
+
 def _backbone_and_head(model):
     """The transformer body and the ``score`` head of a sequence-classification model (peft
     models unwrapped; their injected adapters and ``modules_to_save`` stay in effect)."""
     base = _unwrap_peft(model)
+    if not scores_every_position(base):
+        raise ValueError(
+            f"{type(base).__name__} has no per-position `score` head (its head pools the whole input), so it cannot "
+            "give a value per token: use a causal LM's AutoModelForSequenceClassification (num_labels=1) as the critic, "
+            "or leave value_model=None."
+        )
     backbone = getattr(base, base.base_model_prefix, None)
     if backbone is None:
         raise ValueError(f"{type(base).__name__} has no '{base.base_model_prefix}' backbone")
@@ -112,7 +131,28 @@ def forward_values(
 def forward_scores(
     reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_index: torch.Tensor
 ) -> torch.Tensor:
-    """Reward-model scores ``(B,)`` in float32: the ``score`` head at ``score_index[b]`` of row b."""
+    """Reward-model scores ``(B,)`` in float32: the ``score`` head at ``score_index[b]`` of row b
+    (the last attended token of each row), or, for a model whose head pools its input, the
+    model's own forward on the attended tokens packed to the left (right padding, positions
+    from 0: what its own tokenizer would have given it)."""
+    if not scores_every_position(reward_model):
+        packed_ids, packed_mask = _right_packed(input_ids, attention_mask, _pad_id(reward_model))
+        return reward_model(input_ids=packed_ids, attention_mask=packed_mask).logits[:, 0].float()
     hidden, head = _hidden_states_and_head(reward_model, input_ids, attention_mask)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     return head(hidden[rows, score_index.to(hidden.device)]).squeeze(-1).float()
+
+
+def _pad_id(model) -> int:
+    pad_id = getattr(getattr(model, "config", None), "pad_token_id", None)
+    return 0 if pad_id is None else int(pad_id)
+
+
+def _right_packed(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int):
+    """Each row's attended tokens moved to the front, padding (``pad_id``, mask 0) after them."""
+    mask = attention_mask.bool()
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # attended positions first, in order
+    packed_mask = torch.gather(mask, 1, order)
+    packed_ids = torch.gather(input_ids, 1, order).masked_fill(~packed_mask, pad_id)
+    width = max(int(packed_mask.sum(dim=1).max()), 1)
+    return packed_ids[:, :width], packed_mask[:, :width].long()

@@ -14,10 +14,15 @@ response with no stop token keeps every generated token (up to its own length) a
 derived from positions, never from comparing tokens with the pad id: a random or small policy
 may well sample the pad token as an ordinary token.
 
-Generation samples with the KV cache (``model.generate``), ``do_sample=True``, the configured
-temperature, ``top_k=0``/``top_p=1`` (the plain tempered distribution, whose log-probs PPO
-uses), ``max_new_tokens = response_length``; rows are generated ``chunk_size`` at a time and the
-output is only as wide as the longest response (not padded to ``response_length``).
+Generation samples with the KV cache (``model.generate``) from exactly the distribution whose
+log-probs PPO uses, ``softmax(logits / temperature)``: ``do_sample=True``, the configured
+temperature, ``top_k=0``/``top_p=1``, ``max_new_tokens = response_length``, and nothing else.
+The model's own ``generation_config`` (a checkpoint's repetition penalty, suppressed tokens,
+``top_k=50``, minimum length, forced tokens, ...) is set aside for the call: transformers would
+otherwise merge every field left unset into the sampling, and the rollout would sample from a
+distribution other than the one the log-probs describe. Rows are generated ``chunk_size`` at a
+time and the output is only as wide as the longest response (not padded to
+``response_length``).
 
 Position ids everywhere are ``cumsum(attention_mask) - 1``: a row's positions do not depend
 on how much left padding it has.
@@ -25,6 +30,7 @@ on how much left padding it has.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -37,6 +43,7 @@ __all__ = [
     "left_pad",
     "truncate_left",
     "generate_responses",
+    "sampling_generation_config",
 ]
 
 
@@ -128,6 +135,67 @@ def truncate_left(
     return input_ids, attention_mask, truncated
 
 
+def sampling_generation_config(
+    *, max_new_tokens: int, temperature: float, pad_token_id: int, stop_token_ids: list[int] | None = None, **overrides
+):
+    """A ``GenerationConfig`` for plain sampling from ``softmax(logits / temperature)``.
+
+    Every field that would add a logits processor or change the stopping rule is set to its
+    neutral value explicitly (not left unset), so no default can be merged into it.
+    ``overrides`` (e.g. ``top_k``) are applied last, on purpose.
+    """
+    from transformers import GenerationConfig
+
+    settings = dict(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        do_sample=True,
+        num_beams=1,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        min_p=None,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        repetition_penalty=1.0,
+        encoder_repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        encoder_no_repeat_ngram_size=0,
+        bad_words_ids=None,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+        forced_bos_token_id=None,
+        forced_eos_token_id=None,
+        sequence_bias=None,
+        exponential_decay_length_penalty=None,
+        renormalize_logits=False,
+        remove_invalid_values=False,
+        eos_token_id=list(stop_token_ids) if stop_token_ids else None,
+        pad_token_id=pad_token_id,
+        use_cache=True,
+    )
+    settings.update(overrides)
+    return GenerationConfig(**settings)
+
+
+@contextmanager
+def _model_generation_defaults(model, generation_config):
+    """Let ``generation_config`` stand in for the model's own defaults during one ``generate``.
+
+    transformers fills every field a passed config leaves unset (None) from
+    ``model.generation_config``; replacing that object for the call leaves nothing to inherit.
+    The model actually holding it is the innermost one (a peft model forwards to its base).
+    """
+    holder = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = getattr(holder, "generation_config", None)
+    holder.generation_config = generation_config
+    try:
+        yield
+    finally:
+        holder.generation_config = saved
+
+
 @torch.no_grad()
 def generate_responses(
     model,
@@ -141,7 +209,8 @@ def generate_responses(
     chunk_size: int | None = None,
     generation_kwargs: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample responses for left-padded prompts.
+    """Sample responses for left-padded prompts (see the module docstring for the sampling
+    distribution; ``generation_kwargs`` override it on purpose, e.g. a ``logits_processor``).
 
     Returns ``(responses, valid_mask)``: ``(B, R)`` tokens right-padded with ``pad_token_id``
     (R = the longest response generated) and a bool mask of the positions that ``generate``
@@ -150,28 +219,28 @@ def generate_responses(
     """
     if temperature <= 0:
         raise ValueError(f"PPO samples responses: temperature must be positive, got {temperature}")
-    kwargs = dict(
+    extra = dict(generation_kwargs or {})
+    processors = {key: extra.pop(key) for key in ("logits_processor", "stopping_criteria") if key in extra}
+    config = sampling_generation_config(
         max_new_tokens=max_new_tokens,
-        do_sample=True,
         temperature=temperature,
-        top_k=0,
-        top_p=1.0,
-        eos_token_id=list(stop_token_ids) if stop_token_ids else None,
         pad_token_id=pad_token_id,
-        use_cache=True,
+        stop_token_ids=stop_token_ids,
+        **extra,
     )
-    kwargs.update(generation_kwargs or {})
     batch, width = input_ids.shape
     chunk_size = chunk_size or batch
     pieces = []
-    for start in range(0, batch, chunk_size):
-        output = model.generate(
-            input_ids=input_ids[start : start + chunk_size],
-            attention_mask=attention_mask[start : start + chunk_size],
-            **kwargs,
-        )
-        sequences = output.sequences if hasattr(output, "sequences") else output
-        pieces.append(sequences[:, width:])
+    with _model_generation_defaults(model, config):
+        for start in range(0, batch, chunk_size):
+            output = model.generate(
+                input_ids=input_ids[start : start + chunk_size],
+                attention_mask=attention_mask[start : start + chunk_size],
+                generation_config=config,
+                **processors,
+            )
+            sequences = output.sequences if hasattr(output, "sequences") else output
+            pieces.append(sequences[:, width:])
     length = max(piece.shape[1] for piece in pieces)
     responses = torch.full((batch, length), pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
     valid = torch.zeros((batch, length), dtype=torch.bool, device=input_ids.device)

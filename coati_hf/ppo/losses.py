@@ -2,7 +2,7 @@ r"""PPO losses, the PTX mix, Coati's ratio guard, and log-probs / entropy from l
 
 Clipped surrogate policy loss (Schulman et al. 2017), per action token ``t``::
 
-    ratio_t = exp(logp_t - old_logp_t)
+    ratio_t = exp(clamp(logp_t - old_logp_t, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
     l_t     = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))
 
 Aggregation (``reduction``):
@@ -28,6 +28,11 @@ PTX (InstructGPT's pretraining mix, Coati's ``ptx_coef``)::
 
     actor_loss = (1 - ptx_coef) * policy_loss + ptx_coef * ptx_lm_loss
 
+The log-ratio is clamped to ``±LOG_RATIO_LIMIT`` (20: a ratio of 4.9e8) before ``exp`` so that
+a runaway token cannot turn the loss, and through ``0 * inf`` its gradient, into inf/NaN; a
+healthy update never comes near the limit (Coati clamps the ratio itself to [0, 10]; verl
+clamps the log-ratio to ±20 as here). A token beyond the limit passes no gradient.
+
 Coati's ratio guard skips a minibatch update whose mean ratio exceeds ``ratio_guard`` (20 by
 default), or is not finite: it signals that the policy has moved far from the one that
 sampled the data.
@@ -48,7 +53,9 @@ import torch
 
 from .advantages import masked_mean
 
+LOG_RATIO_LIMIT = 20.0
 __all__ = [
+    "LOG_RATIO_LIMIT",
     "policy_loss",
     "value_loss",
     "mix_ptx_loss",
@@ -73,7 +80,7 @@ def policy_loss(
     """
     mask = action_mask.bool()
     log_ratio = torch.where(mask, logprobs - old_logprobs.detach(), torch.zeros_like(logprobs))
-    ratio = torch.exp(log_ratio)
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
     advantages = advantages.detach()
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)

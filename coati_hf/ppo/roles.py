@@ -31,6 +31,7 @@ from torch import nn
 from ..hub.export import merged_copy
 from ..models.loading import init_value_head
 from ..trainer_common import prepare_pad_token
+from .forward import scores_every_position
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +74,19 @@ def build_roles(model, ref_model, reward_model, value_model, tokenizer, reward_t
 
     reward_shares_critic = False
     if value_model is None:
-        if reward_is_function or _ids_differ(reward_tokenizer, tokenizer):
+        if reward_is_function or tokenizer_difference(reward_tokenizer, tokenizer) or not scores_every_position(reward_model):
             value_model = _critic_from_policy(model)
         elif peft_config is not None:
             value_model = _critic_adapter_on(reward_model, peft_config)
             reward_shares_critic = True
         else:
             value_model = copy.deepcopy(reward_model)
+    if not scores_every_position(value_model):
+        raise ValueError(
+            f"value_model ({type(value_model).__name__}) has no per-position `score` head: its head pools the whole "
+            "input, so it cannot give a value per token. Use a causal LM's AutoModelForSequenceClassification "
+            "(num_labels=1), or leave value_model=None."
+        )
     _check_embeds_policy_ids(value_model, model, "value_model")
 
     for module in (model, ref_model, value_model, None if reward_is_function else reward_model):
@@ -102,52 +109,79 @@ def _check_one_label(model, name: str) -> None:
 
 
 def _reward_tokenizer(reward_model, policy_tokenizer, reward_tokenizer):
-    """The reward model's tokenizer: the one given, else the policy's when the vocabularies agree.
+    """The tokenizer the reward model reads with (None: it reads the policy's token ids).
 
-    A reward model loaded from a folder that holds a tokenizer whose token ids differ from the
-    policy's (even with an equal vocabulary size) gets that tokenizer. When the reward model's
-    embedding table cannot hold the policy's token ids and no tokenizer is known, a clear error
-    is raised.
+    - Given (``reward_processing_class``): used as it is.
+    - Not given: the tokenizer saved with the reward model (its folder, or its Hub id) is
+      compared with the policy's by content (every token's id, EOS and BOS). If they differ,
+      feeding the policy's ids would score other text than the policy wrote: an error says what
+      to pass. Sizes are no evidence: two tokenizers of one size can number tokens differently.
+    - No tokenizer found (a model built in memory): its embedding table must hold the policy's
+      ids (else an error); that it reads them as the policy does cannot be checked, so a
+      warning says how to make sure.
     """
     if reward_tokenizer is not None:
-        prepare_pad_token(reward_tokenizer, reward_model, role="reward model", allow_eos_padding=False)
+        prepare_pad_token(reward_tokenizer, reward_model, role="reward model")
         return reward_tokenizer
+    source = getattr(reward_model, "name_or_path", "") or ""
+    saved = _saved_tokenizer(source)
+    if saved is not None:
+        difference = tokenizer_difference(saved, policy_tokenizer)
+        if difference is not None:
+            raise ValueError(
+                f"The reward model {source!r} comes with its own tokenizer, which differs from the policy's "
+                f"({difference}), so it cannot read the policy's token ids. Pass its tokenizer and completions are "
+                f"re-tokenized for it: reward_processing_class=AutoTokenizer.from_pretrained({source!r})"
+            )
+        return None
     reward_vocab = reward_model.get_input_embeddings().num_embeddings
     policy_vocab = max(policy_tokenizer.get_vocab().values()) + 1
-    source = getattr(reward_model, "name_or_path", "") or ""
-    tokenizer = _folder_tokenizer(source)
-    if tokenizer is not None and _ids_differ(tokenizer, policy_tokenizer):
-        prepare_pad_token(tokenizer, reward_model, role="reward model", allow_eos_padding=False)
-        logger.info("The reward model has its own tokenizer (%s): completions are re-tokenized for it.", source)
-        return tokenizer
-    if policy_vocab - len(policy_tokenizer.get_added_vocab()) <= reward_vocab:
-        return None  # same vocabulary (the policy tokenizer may add a pad token the models never embed)
-    raise ValueError(
-        f"The reward model's vocabulary ({reward_vocab} tokens) does not match the policy tokenizer's "
-        f"({policy_vocab}); pass its tokenizer as reward_processing_class=..."
+    if policy_vocab - len(policy_tokenizer.get_added_vocab()) > reward_vocab:
+        raise ValueError(
+            f"The reward model's vocabulary ({reward_vocab} tokens) does not match the policy tokenizer's "
+            f"({policy_vocab}); pass its tokenizer as reward_processing_class=..."
+        )
+    logger.warning(
+        "No tokenizer is saved with the reward model%s, so coati_hf cannot check that it numbers tokens as the "
+        "policy's tokenizer does; it is fed the policy's token ids. If it was trained with another tokenizer, pass "
+        "reward_processing_class=<that tokenizer>.",
+        f" ({source})" if source else "",
     )
+    return None
 
 
-def _folder_tokenizer(source: str):
-    """The tokenizer saved in the model folder ``source``, or None (not a folder, no tokenizer)."""
+def _saved_tokenizer(source: str):
+    """The tokenizer saved with a model (its folder, or its Hub id), or None when there is none."""
+    if not source:
+        return None
     names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-    if not (os.path.isdir(source) and any(os.path.isfile(os.path.join(source, name)) for name in names)):
+    if os.path.isdir(source) and not any(os.path.isfile(os.path.join(source, name)) for name in names):
         return None
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError):
-        logger.warning("Could not load the tokenizer in the reward model's folder %s", source)
+    except Exception as err:  # noqa: BLE001 -- any failure means "no tokenizer to compare with"
+        logger.info("No tokenizer could be loaded for the reward model %s: %s", source, err)
         return None
 
 
-def _ids_differ(tokenizer, policy_tokenizer) -> bool:
-    """Whether some token of ``tokenizer`` has another id (or none) in the policy's tokenizer."""
+def tokenizer_difference(tokenizer, policy_tokenizer) -> str | None:
+    """How ``tokenizer`` reads token ids differently from ``policy_tokenizer`` (a short
+    description of the first difference), or None when every token of ``tokenizer`` has the same
+    id in the policy's tokenizer and both agree on EOS and BOS. The policy's tokenizer may hold
+    extra tokens (an added pad token, say): ids it never shares are never fed."""
     if tokenizer is None or tokenizer is policy_tokenizer:
-        return False
+        return None
     policy_ids = policy_tokenizer.get_vocab()
-    return any(policy_ids.get(token) != index for token, index in tokenizer.get_vocab().items())
+    for token, index in tokenizer.get_vocab().items():
+        if policy_ids.get(token) != index:
+            return f"token {token!r} is id {index} there and {policy_ids.get(token)} in the policy's tokenizer"
+    for name in ("eos_token", "bos_token"):
+        mine, theirs = getattr(tokenizer, name, None), getattr(policy_tokenizer, name, None)
+        if mine is not None and theirs is not None and mine != theirs:
+            return f"its {name} is {mine!r}, the policy's is {theirs!r}"
+    return None
 
 
 def _check_embeds_policy_ids(critic, policy, name: str) -> None:

@@ -33,18 +33,21 @@ import copy
 import json
 import logging
 import os
+import shutil
 import time
 from collections import defaultdict
 
 import torch
 from torch import nn
 from transformers import DataCollatorWithPadding, TrainerCallback
-from transformers.trainer_utils import TrainOutput
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 from trl.trainer.base_trainer import _BaseTrainer
 
 from ..colossalai import ColossalAIMixin
 from ..hub.stages import CRITIC_SUBFOLDER, export_ppo
 from ..hub.trainer_mixin import HubExportMixin
+from ..numerics import check_finite_weights
 from ..trainer_common import coati_tags, prepare_pad_token
 from .buffer import ReplayBuffer
 from .config import PPOConfig
@@ -198,7 +201,9 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, _BaseTrainer):
         args.compute_batch_sizes(world_size=self.accelerator.num_processes, train_dataset_len=len(train_dataset))
         self.kl_controller = build_kl_controller(args)
         rollout_config = copy.copy(args)
-        rollout_config.whiten_advantages = False  # whitened once over the whole buffer in train()
+        # whitened once over the whole buffer in train(), not per experience chunk
+        rollout_config.whiten_rewards = False
+        rollout_config.whiten_advantages = False
         self.experience_maker = ExperienceMaker(
             policy=model,
             ref_policy=ref_model,
@@ -260,19 +265,24 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, _BaseTrainer):
                     chunk = self.data_collator([{"input_ids": r["input_ids"]} for r in rows[start : start + args.experience_batch_size]])
                     buffer.append(self.experience_maker.make_experience(chunk))
             buffer.refill_to(args.local_batch_size)
+            # Whitening statistics span the whole local rollout batch, as in TRL (not one chunk).
+            if args.whiten_rewards:
+                buffer.whiten_rewards(args.gamma, args.lam)
             if args.whiten_advantages:
-                buffer.whiten_advantages()  # once over the whole rollout batch, as TRL does
+                buffer.whiten_advantages()
             self.model.train()
+            learning_rate = self.lr_scheduler.get_last_lr()[0]  # the rate this update trains with
             stats = self._optimize(model, buffer, self._ptx_batches(update))
             rollout = buffer.merged_info()
             buffer.clear()
+            check_finite_weights(self.accelerator.unwrap_model(model), f"update {update}", trainable_only=True)
 
             self.kl_controller.update(self._global_mean_kl(rollout), args.batch_size)
             self.lr_scheduler.step()
             self.state.global_step += 1
             self.state.episode += args.batch_size
             self.state.epoch = self.state.episode / len(self.train_dataset)
-            metrics = self._metrics(rollout, stats, start_time, start_step)
+            metrics = self._metrics(rollout, stats, start_time, start_step, learning_rate)
             self.log(metrics)
             self.control = self.callback_handler.on_step_end(args, self.state, self.control)
             if self.control.should_save:
@@ -287,60 +297,109 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, _BaseTrainer):
         return TrainOutput(self.state.global_step, metrics.get("loss/policy_avg", float("nan")), metrics)
 
     def _optimize(self, model, buffer: ReplayBuffer, ptx_batches) -> dict[str, list[float]]:
-        """``num_ppo_epochs`` passes of ``num_mini_batches`` optimizer steps over the buffer."""
+        """``num_ppo_epochs`` passes of ``num_mini_batches`` optimizer steps over the buffer.
+
+        A minibatch is split into micro-batches of ``per_device_train_batch_size`` rows whose
+        gradients accumulate into exactly one optimizer step, in every backend: the step and
+        ``zero_grad`` run only on the micro-batch that synchronises gradients (ColossalAI's
+        boosted optimizers step whenever asked, Accelerate's wrapper would skip silently).
+
+        Non-finite numbers never reach the weights. A micro-batch whose loss is not finite, or
+        whose mean ratio trips ``ratio_guard``, contributes nothing (its backward pass is
+        replaced by a zero one that keeps every rank's collective calls in step; the decision
+        is reduced over ranks so all of them skip it alike). A step whose accumulated gradient
+        norm is not finite is not taken. Both are counted (``ppo/skipped_updates``,
+        ``ppo/skipped_steps``).
+        """
         args, accelerator = self.args, self.accelerator
         stats: dict[str, list[float]] = defaultdict(list)
         device = accelerator.device
+        trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        max_norm = args.max_grad_norm if args.max_grad_norm else float("inf")  # inf: measure, do not clip
         # rows with a NaN score were dropped: never ask for more minibatches than samples
         for minibatch in buffer.iter_minibatches(min(args.num_mini_batches, len(buffer)), args.num_ppo_epochs):
             micro_batches = minibatch.split(args.per_device_train_batch_size)
-            # One optimizer step per minibatch: accumulate() syncs on its last micro-batch.
             accelerator.gradient_accumulation_steps = len(micro_batches)
             accelerator.step = 0
             for micro in micro_batches:
                 micro = micro.to(device)
                 with accelerator.accumulate(model):
                     ptx = next(ptx_batches) if ptx_batches is not None else None
-                    logprobs, entropy, values, ptx_loss = model(
-                        sequences=micro.sequences,
-                        attention_mask=micro.attention_mask,
-                        prompt_length=micro.prompt_length,
-                        temperature=args.temperature,
-                        value_at=args.value_at,
-                        ptx_input_ids=None if ptx is None else ptx["input_ids"].to(device),
-                        ptx_attention_mask=None if ptx is None else ptx["attention_mask"].to(device),
-                    )
-                    pg_loss, pg_stats = policy_loss(
-                        logprobs, micro.logprobs, micro.advantages, micro.action_mask, args.cliprange, args.policy_loss_reduction
-                    )
-                    vf_loss, vf_stats = value_loss(values, micro.values, micro.returns, micro.action_mask, args.cliprange_value)
-                    skipped = ratio_guard_exceeded(pg_stats["ratio_mean"], args.ratio_guard)
-                    if skipped:
-                        logger.warning(
-                            "Skipping a micro-batch update: mean ratio %.2f exceeds ratio_guard=%s",
-                            float(pg_stats["ratio_mean"]),
-                            args.ratio_guard,
-                        )
-                        loss = (pg_loss + vf_loss) * 0.0  # keeps every rank's collective calls in step
+                    loss, parts = self._micro_batch_loss(model, micro, ptx)
+                    reason = self._skip_reason(loss, parts["ratio"])
+                    if reason is None:
+                        for name, value in parts.items():
+                            stats[name].append(value)
                     else:
-                        loss = mix_ptx_loss(pg_loss, ptx_loss, args.ptx_coef) + args.vf_coef * vf_loss
+                        logger.warning("Skipping a PPO micro-batch at update %d: %s", self.state.global_step + 1, reason)
+                        stats["skipped_updates"].append(1.0)
+                        loss = sum(parameter.sum() * 0.0 for parameter in trainable)  # no NaN can flow back
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and args.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad()
-                with torch.no_grad():
-                    stats["policy_loss"].append(float(pg_loss))
-                    stats["value_loss"].append(float(vf_loss))
-                    stats["clipfrac"].append(float(pg_stats["clipfrac"]))
-                    stats["approx_kl"].append(float(pg_stats["approx_kl"]))
-                    stats["ratio"].append(float(pg_stats["ratio_mean"]))
-                    stats["vf_clipfrac"].append(float(vf_stats["vf_clipfrac"]))
-                    stats["entropy"].append(float(masked_mean(entropy, micro.action_mask)))
-                    stats["skipped"].append(float(skipped))
-                    if ptx_loss is not None:
-                        stats["ptx_loss"].append(float(ptx_loss))
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(trainable, max_norm)
+                        if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)).all():
+                            logger.warning(
+                                "Not taking the optimizer step at update %d: the gradient norm is %s",
+                                self.state.global_step + 1,
+                                float(torch.as_tensor(grad_norm).float().max()),
+                            )
+                            stats["skipped_steps"].append(1.0)
+                        else:
+                            self.optimizer.step()
+                            stats["optimizer_steps"].append(1.0)
+                        self.optimizer.zero_grad()
         return stats
+
+    def _micro_batch_loss(self, model, micro, ptx) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one micro-batch and its parts (floats, for logging)::
+
+            L = (1 - ptx_coef) * L_clip + ptx_coef * L_ptx + vf_coef * L_V
+        """
+        args, device = self.args, self.accelerator.device
+        logprobs, entropy, values, ptx_loss = model(
+            sequences=micro.sequences,
+            attention_mask=micro.attention_mask,
+            prompt_length=micro.prompt_length,
+            temperature=args.temperature,
+            value_at=args.value_at,
+            ptx_input_ids=None if ptx is None else ptx["input_ids"].to(device),
+            ptx_attention_mask=None if ptx is None else ptx["attention_mask"].to(device),
+        )
+        pg_loss, pg_stats = policy_loss(
+            logprobs, micro.logprobs, micro.advantages, micro.action_mask, args.cliprange, args.policy_loss_reduction
+        )
+        vf_loss, vf_stats = value_loss(values, micro.values, micro.returns, micro.action_mask, args.cliprange_value)
+        loss = mix_ptx_loss(pg_loss, ptx_loss, args.ptx_coef) + args.vf_coef * vf_loss
+        parts = {
+            "policy_loss": float(pg_loss.detach()),
+            "value_loss": float(vf_loss.detach()),
+            "clipfrac": float(pg_stats["clipfrac"]),
+            "approx_kl": float(pg_stats["approx_kl"]),
+            "ratio": float(pg_stats["ratio_mean"]),
+            "vf_clipfrac": float(vf_stats["vf_clipfrac"]),
+            "entropy": float(masked_mean(entropy, micro.action_mask)),
+        }
+        if ptx_loss is not None:
+            parts["ptx_loss"] = float(ptx_loss.detach())
+        return loss, parts
+
+    def _skip_reason(self, loss: torch.Tensor, ratio_mean: float) -> str | None:
+        """Why this micro-batch must not be applied (None: apply it). The same answer on every
+        rank: a rank that must skip makes all of them skip."""
+        if not torch.isfinite(loss.detach()).all():
+            local = 1
+        elif ratio_guard_exceeded(ratio_mean, self.args.ratio_guard):
+            local = 2
+        else:
+            local = 0
+        flags = torch.zeros(3, device=self.accelerator.device)
+        flags[local] = 1.0
+        flags = self.accelerator.reduce(flags, reduction="sum") if self.accelerator.num_processes > 1 else flags
+        if flags[1] > 0:
+            return f"the loss is not finite (loss={float(loss.detach()):.4g}) on {int(flags[1])} rank(s)"
+        if flags[2] > 0:
+            return f"the mean importance ratio exceeds ratio_guard={self.args.ratio_guard} (here {ratio_mean:.4g})"
+        return None
 
     def _global_mean_kl(self, rollout: dict) -> float:
         """The rollout's mean sequence KL over every rank, so all ranks steer the same coefficient."""
@@ -348,7 +407,7 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, _BaseTrainer):
         total = self.accelerator.reduce(local, reduction="sum")
         return (total[0] / total[1].clamp(min=1.0)).item()
 
-    def _metrics(self, rollout: dict, stats: dict, start_time: float, start_step: int) -> dict[str, float]:
+    def _metrics(self, rollout: dict, stats: dict, start_time: float, start_step: int, learning_rate: float) -> dict[str, float]:
         """TRL 1.12's metric names, plus coati_hf's (PTX loss, KL coefficient, skips, counts)."""
 
         def mean(values):
@@ -358,7 +417,8 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, _BaseTrainer):
         def total(value):
             return self.accelerator.gather_for_metrics(torch.tensor([float(value)], device=self.accelerator.device)).sum().item()
 
-        ratios = self.accelerator.gather_for_metrics(torch.tensor(stats["ratio"], device=self.accelerator.device))
+        ratios = self.accelerator.gather_for_metrics(torch.tensor(stats["ratio"] or [float("nan")], device=self.accelerator.device))
+        ratios = ratios[~torch.isnan(ratios)]
         elapsed = max(time.time() - start_time, 1e-9)
         metrics = {
             "eps": int((self.state.global_step - start_step) * self.args.batch_size / elapsed),
@@ -375,15 +435,17 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, _BaseTrainer):
             "loss/policy_avg": mean(stats["policy_loss"]),
             "loss/value_avg": mean(stats["value_loss"]),
             "val/clipfrac_avg": mean(stats["vf_clipfrac"]),
-            "val/ratio": ratios.float().mean().item(),
+            "val/ratio": ratios.float().mean().item() if ratios.numel() else float("nan"),
             "val/ratio_var": ratios.float().var().item() if ratios.numel() > 1 else 0.0,
             "val/num_eos_tokens": total(rollout["num_samples"] - rollout["num_no_stop"]),
             "rollout/response_length": mean([rollout["response_length"]]),
             "rollout/no_eos": total(rollout["num_no_stop"]),
             "rollout/nan_scores": total(rollout["num_nan_scores"]),
             "rollout/truncated_prompts": total(rollout["num_truncated_prompts"]),
-            "ppo/skipped_updates": total(sum(stats["skipped"])),
-            "lr": self.lr_scheduler.get_last_lr()[0],
+            "ppo/skipped_updates": total(len(stats["skipped_updates"])),
+            "ppo/skipped_steps": total(len(stats["skipped_steps"])),
+            "ppo/optimizer_steps": len(stats["optimizer_steps"]),
+            "lr": learning_rate,
             "episode": self.state.episode,
         }
         if stats.get("ptx_loss"):
@@ -467,6 +529,9 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, _BaseTrainer):
             gathered = self.accelerator.get_state_dict(self.model_wrapped)  # collective: every rank
             policy_state = {k[len("policy."):]: v for k, v in gathered.items() if k.startswith("policy.")}
             critic_state = {k[len("value_model."):]: v for k, v in gathered.items() if k.startswith("value_model.")}
+            check_finite_weights(None, f"saving {output_dir} at update {self.state.global_step}", state_dict=gathered)
+        else:
+            check_finite_weights(wrapper, f"saving {output_dir} at update {self.state.global_step}")
         if self.accelerator.is_main_process:
             export_ppo(self, wrapper.policy, wrapper.value_model, output_dir, policy_state=policy_state, critic_state=critic_state)
         self.accelerator.wait_for_everyone()
@@ -474,25 +539,64 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, _BaseTrainer):
             self.push_export(output_dir, commit_message="Model save")
 
     def _save_checkpoint(self, model, trial):
-        model_name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else os.path.basename(os.path.normpath(self.args.output_dir))
+        """A checkpoint is complete or it does not exist.
+
+        Everything (weights, optimizer, scheduler, RNG states, trainer state, KL coefficient) is
+        written into a hidden staging folder ``.incomplete-checkpoint-N`` beside the others; only
+        then is it renamed to ``checkpoint-N``, and only after that are older checkpoints rotated
+        away. A crash at any point leaves the previous checkpoints as they were, and
+        ``resume_from_checkpoint=True`` (which only sees ``checkpoint-N`` folders) takes the
+        newest complete one. Non-finite weights are never written: that raises instead.
+        """
+        accelerator, args = self.accelerator, self.args
+        run_dir = self._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        final, staging = os.path.join(run_dir, name), os.path.join(run_dir, f".incomplete-{name}")
+        model_name = args.hub_model_id.split("/")[-1] if args.hub_model_id else os.path.basename(os.path.normpath(args.output_dir))
         self.create_model_card(model_name=model_name)
-        super()._save_checkpoint(model, trial)
-        checkpoint = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
-        if self.accelerator.is_main_process:
-            with open(os.path.join(checkpoint, PPO_STATE_NAME), "w") as handle:
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            os.makedirs(staging)
+        accelerator.wait_for_everyone()
+        self.save_model(staging, _internal_call=True)
+        if not args.save_only_model:
+            self._save_optimizer_and_scheduler(staging)
+            self._save_scaler(staging)
+            self._save_rng_state(staging)
+        if args.should_save:
+            with open(os.path.join(staging, PPO_STATE_NAME), "w") as handle:
                 json.dump({"kl_coef": self.kl_controller.value}, handle)
+            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if os.path.isdir(final):  # the same step of an earlier run in this folder
+                shutil.rmtree(final)
+            os.replace(staging, final)  # the moment the checkpoint becomes complete
+            if args.push_to_hub:
+                self._push_from_checkpoint(final)
+            rotate_checkpoints(run_dir, args.save_total_limit, self.state.best_model_checkpoint, use_mtime=False)
+        accelerator.wait_for_everyone()
 
     def _resume(self, checkpoint: str) -> None:
-        """Load weights, optimizer, scheduler, RNG, trainer state and KL coefficient."""
+        """Load weights, optimizer, scheduler, RNG, trainer state and KL coefficient; a checkpoint
+        missing any of them is an error (never a silently fresh optimizer)."""
         from transformers.trainer_callback import TrainerState
 
         if not os.path.isdir(checkpoint):
             raise ValueError(f"Checkpoint folder {checkpoint} does not exist")
+        required = [TRAINER_STATE_NAME, PPO_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME]
+        missing = [name for name in required if not os.path.isfile(os.path.join(checkpoint, name))]
+        if missing:
+            hint = " (it was saved with save_only_model=True)" if OPTIMIZER_NAME in missing and len(missing) == 2 else ""
+            raise ValueError(
+                f"Cannot resume from {checkpoint}: it has no {', '.join(missing)}{hint}. Resuming without them would "
+                "restart the optimizer or schedule silently; pick a complete checkpoint or start a new run."
+            )
         wrapper = self.accelerator.unwrap_model(self.model_wrapped)
         _load_weights(wrapper.policy, checkpoint)
         _load_weights(wrapper.value_model, os.path.join(checkpoint, CRITIC_SUBFOLDER))
         self._load_optimizer_and_scheduler(checkpoint)
-        state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
         self.state.global_step = state.global_step
         self.state.episode = getattr(state, "episode", state.global_step * self.args.batch_size)
         self.state.log_history = state.log_history

@@ -9,7 +9,7 @@ transformers, colossalai imports; the process group) to a single ~10 s.
 Scenarios (all fp32 unless named):
 - trainer_losses[strategy]: a plain ``transformers.Trainer`` + ``ColossalAIMixin``, 6 steps,
   for no strategy (plain Accelerate), ddp, zero1, zero2; plus gradient accumulation 2 for
-  ddp/zero1/zero2; plus zero2 in bf16 (must just train).
+  all four; plus zero2 in bf16 (must just train).
 - optimizer_state_bytes[strategy]: bytes of the inner optimizer's state tensors on this rank.
 - sft / reward: coati_hf's SFTTrainer and RewardTrainer (config field colossalai_strategy) under ddp and zero2.
 - resume: zero2 run of 6 steps saving at step 3, and a fresh trainer resumed from
@@ -21,11 +21,14 @@ Scenarios (all fp32 unless named):
 - second train() on the same trainer, evaluate() after training, LoRA (peft) under zero2.
 - accelerator_state: ColossalAIAccelerator.save_state/load_state in a hand-written loop.
 - reload_weights: weights loaded into a boosted model + sync_master_weights(), ddp vs zero2.
-- ppo: coati_hf's PPOTrainer (actor + critic, one optimizer over both) under ddp and zero2.
+- ppo: coati_hf's PPOTrainer (actor + critic, one optimizer over both) with gradient accumulation
+  and 2 PPO epochs under plain Accelerate, ddp and zero2: metrics, optimizer steps, weight updates.
+- trainer_optimizer_steps_accum2: optimizer steps of the Trainer's own loop with accumulation 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -115,6 +118,23 @@ def state_bytes(optimizer):
     return total
 
 
+@contextlib.contextmanager
+def counting_optimizer_steps():
+    """Count the steps of every torch optimizer (the inner one of any wrapper) on this rank."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    counter = {"count": 0}
+
+    def hook(optimizer, args, kwargs):
+        counter["count"] += 1
+
+    handle = register_optimizer_step_post_hook(hook)
+    try:
+        yield counter
+    finally:
+        handle.remove()
+
+
 def run_trainer(tokenizer, dataset, strategy, workdir, **arg_overrides):
     model, _ = make_tiny_llama(seed=0, tokenizer=tokenizer)
     trainer = MixinTrainer(
@@ -138,10 +158,12 @@ def scenario_trainer(tokenizer, dataset, workdir, out):
         out["optimizer_state_bytes"][key] = state_bytes(trainer.optimizer)
         out["accelerator_class"][key] = type(trainer.accelerator).__name__
         log(f"trainer {key}: {time.time() - t0:.1f}s losses {out['trainer_losses'][key]}")
-    out["trainer_losses_accum2"] = {}
-    for strategy in ("ddp", "zero1", "zero2"):
-        trainer = run_trainer(tokenizer, dataset, strategy, workdir, per_device_train_batch_size=2, gradient_accumulation_steps=2)
-        out["trainer_losses_accum2"][strategy] = losses_of(trainer)
+    out["trainer_losses_accum2"], out["trainer_optimizer_steps_accum2"] = {}, {}
+    for strategy in (None, "ddp", "zero1", "zero2"):
+        with counting_optimizer_steps() as steps:
+            trainer = run_trainer(tokenizer, dataset, strategy, workdir, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+        out["trainer_losses_accum2"][strategy or "accelerate"] = losses_of(trainer)
+        out["trainer_optimizer_steps_accum2"][strategy or "accelerate"] = steps["count"]
     out["second_train_losses"], out["eval_loss"] = {}, {}
     for strategy in ("ddp", "zero2"):
         trainer = run_trainer(tokenizer, dataset, strategy, workdir)
@@ -243,7 +265,9 @@ def scenario_reload_weights(tokenizer, out):
 
 
 def scenario_ppo(tokenizer, workdir, out):
-    """coati_hf's PPOTrainer (actor + critic through the mixin), ddp vs zero2: two PPO iterations."""
+    """coati_hf's PPOTrainer (actor + critic, one optimizer over both) with gradient accumulation 2
+    and 2 PPO epochs, under plain Accelerate (the reference), ColossalAI ddp and zero2: the logged
+    metrics, the number of optimizer steps and the weight updates of each run."""
     try:
         from coati_hf.ppo.config import PPOConfig
         from coati_hf.ppo.trainer import PPOTrainer
@@ -251,22 +275,43 @@ def scenario_ppo(tokenizer, workdir, out):
         out["ppo_unavailable"] = repr(err)
         return
     prompts = Dataset.from_dict({"prompt": [f"Count to {i}:" for i in range(16)]})
-    out["ppo_logs"] = {}
-    for strategy in ("ddp", "zero2"):
+    out["ppo_logs"], out["ppo_optimizer_steps"], out["ppo_weight_update_rel_diff"], out["ppo_accelerator_class"] = {}, {}, {}, {}
+    updates, weights, out["ppo_final_weight_rel_diff"] = {}, {}, {}
+    for strategy in (None, "ddp", "zero2"):
+        key = strategy or "accelerate"
         policy, tok = make_tiny_llama(seed=0, tokenizer=copy.deepcopy(tokenizer))
         ref, _ = make_tiny_llama(seed=0, tokenizer=tok)
         reward, _ = make_tiny_llama("sequence_classification", seed=1, tokenizer=tok)
         args = PPOConfig(
-            output_dir=os.path.join(workdir, f"ppo-{strategy}"), per_device_train_batch_size=2, num_mini_batches=1,
-            total_episodes=8, response_length=6, learning_rate=1e-3, report_to=[], use_cpu=True, seed=0,
-            logging_steps=1, num_sample_generations=0, save_strategy="no", gradient_checkpointing=False,
+            output_dir=os.path.join(workdir, f"ppo-{key}"), per_device_train_batch_size=2, gradient_accumulation_steps=2,
+            num_mini_batches=1, num_ppo_epochs=2, total_episodes=16, response_length=6, learning_rate=1e-3, report_to=[],
+            use_cpu=True, seed=0, logging_steps=1, num_sample_generations=0, save_strategy="no", gradient_checkpointing=False,
             local_rollout_forward_batch_size=2, colossalai_strategy=strategy, bf16=False,
         )  # fmt: skip
         trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward, train_dataset=prompts)
-        trainer.train()
+        initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+        with counting_optimizer_steps() as steps:
+            trainer.train()
         keys = ("loss/policy_avg", "loss/value_avg", "objective/kl", "objective/scores", "objective/kl_k3")
-        out["ppo_logs"][strategy] = [[h[k] for k in keys] for h in trainer.state.log_history if keys[0] in h]
-        out["ppo_accelerator_class"] = type(trainer.accelerator).__name__
+        out["ppo_logs"][key] = [[h[k] for k in keys] for h in trainer.state.log_history if keys[0] in h]
+        out["ppo_optimizer_steps"][key] = steps["count"]
+        out["ppo_accelerator_class"][key] = type(trainer.accelerator).__name__
+        final = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+        weights[key] = {name: p.detach().clone() for name, p in final.named_parameters()}
+        updates[key] = {name: weights[key][name] - initial[name] for name in initial}
+        log(f"ppo {key}: {steps['count']} optimizer steps, logs {out['ppo_logs'][key]}")
+
+    def norm(tensors):
+        return float(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors)))
+
+    reference = updates["accelerate"]
+    out["ppo_weight_update_norm"] = norm(reference.values())
+    for key in ("ddp", "zero2"):
+        # ||W_key - W_ref|| / ||W_ref - W_init||: the disagreement relative to how far training moved
+        out["ppo_weight_update_rel_diff"][key] = norm(updates[key][n] - reference[n] for n in reference) / out["ppo_weight_update_norm"]
+        out["ppo_final_weight_rel_diff"][key] = norm(weights[key][n] - weights["accelerate"][n] for n in reference) / norm(
+            weights["accelerate"].values()
+        )
 
 
 def scenario_accelerator_state(tokenizer, dataset, workdir, out):
