@@ -371,45 +371,28 @@ def test_create_model_card_writes_nothing_and_save_model_keeps_checkpoints(tmp_p
     check_export(run)
 
 
-def test_atomic_checkpoints_for_a_trainer_with_its_own_checkpoint_files(tmp_path, smol_tokenizer, monkeypatch):
-    """The API offered for PPO checkpoints: the mixin's staging covers every file of the step,
-    including PPO's own ppo_state.json, so a crash leaves the previous complete checkpoint."""
-    import sys
-    from types import SimpleNamespace
+def test_a_trainer_adding_its_own_files_inside_atomic_checkpoint_publishes_them_together(tmp_path, smol_tokenizer, monkeypatch):
+    """The documented pattern for trainers with extra checkpoint files: written inside
+    ``atomic_checkpoint``, a crash while writing them leaves no checkpoint-2 at all."""
+    written = []
 
-    from coati_hf.hub.trainer_mixin import AtomicCheckpointMixin
-    from coati_hf.ppo.trainer import PPO_STATE_NAME
+    class SFTWithExtraState(SFTTrainer):
+        def _save_checkpoint(self, model, trial):
+            with self.atomic_checkpoint(trial) as checkpoint:
+                super()._save_checkpoint(model, trial)  # nested: the same staged folder
+                assert checkpoint.name == f"checkpoint-{self.state.global_step}" and (checkpoint / "trainer_state.json").is_file()
+                (checkpoint / "extra_state.json").write_text(json.dumps({"step": self.state.global_step}))
+                written.append(self.state.global_step)
+                if self.state.global_step == 2:
+                    raise OSError("killed after writing extra_state.json of checkpoint-2")
 
-    class AtomicPPOTrainer(AtomicCheckpointMixin, PPOTrainer):
-        pass
-
-    def build():
-        policy, tokenizer = make_tiny_llama("causal_lm", seed=0, tokenizer=copy.deepcopy(smol_tokenizer))
-        args = PPOConfig(**_common(tmp_path, "ppo", per_device_train_batch_size=4, total_episodes=8, response_length=4,
-                                   num_ppo_epochs=1, save_strategy="steps", save_steps=1, num_sample_generations=0,
-                                   activation_checkpointing=False))  # fmt: skip
-        return AtomicPPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=None,
-                                reward_model=lambda prompts, completions: [float(len(c)) for c in completions],
-                                train_dataset=load_sample("prompts").select(range(8)), value_model=None)  # fmt: skip
-
-    trainer_module = sys.modules[PPOTrainer.__module__]
-    real_json = trainer_module.json
-    steps = []
-
-    def dump_then_crash(obj, handle, **kwargs):  # PPO writes ppo_state.json last, after the Trainer's files
-        real_json.dump(obj, handle, **kwargs)
-        steps.append(len(steps) + 1)
-        if len(steps) == 2:
-            raise OSError("killed while writing checkpoint-2")
-
-    monkeypatch.setattr(trainer_module, "json", SimpleNamespace(dump=dump_then_crash, load=real_json.load))
-    with pytest.raises(OSError, match="killed while writing checkpoint-2"):
-        build().train()
-    run = tmp_path / "ppo"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-1"]  # checkpoint-2 had every other file already
-    assert (run / "checkpoint-1" / PPO_STATE_NAME).is_file() and (run / "checkpoint-1" / "critic" / "config.json").is_file()
-
-    monkeypatch.setattr(trainer_module, "json", real_json)
-    resumed = build()
-    resumed.train(resume_from_checkpoint=True)
-    assert resumed.state.global_step == 2 and (run / "checkpoint-2" / PPO_STATE_NAME).is_file()
+    model, tokenizer = make_tiny_llama("causal_lm", seed=0, tokenizer=copy.deepcopy(smol_tokenizer))
+    args = SFTConfig(**_common(tmp_path, "run", max_steps=2, per_device_train_batch_size=4, max_length=96, save_strategy="steps",
+                               save_steps=1, gradient_checkpointing=False))  # fmt: skip
+    trainer = SFTWithExtraState(model=model, args=args, train_dataset=load_sample("sft").select(range(8)), processing_class=tokenizer)
+    with pytest.raises(OSError, match="killed after writing extra_state.json"):
+        trainer.train()
+    run = tmp_path / "run"
+    assert written == [1, 2]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-1"]
+    assert json.loads((run / "checkpoint-1" / "extra_state.json").read_text()) == {"step": 1}
