@@ -2,6 +2,8 @@
 
     coati-hf demo [--output-dir DIR] [--steps N]   run the pipeline on the embedded SmolLM2
     coati-hf embedded-path                          convert (once) and print the embedded model's folder
+    coati-hf push FOLDER REPO_ID [--revision R] [--private] [--token T] [--message M] [--endpoint URL]
+                                                    push a saved export to a Hub repo in one commit
 """
 
 from __future__ import annotations
@@ -25,6 +27,27 @@ def _embedded_path(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    from .hub.export import ExportError
+    from .hub.push import PushError, push_export
+
+    try:
+        info = push_export(
+            args.folder,
+            args.repo_id,
+            token=args.token,
+            private=args.private or None,
+            revision=args.revision,
+            commit_message=args.message,
+            endpoint=args.endpoint,
+        )
+    except (PushError, ExportError) as error:
+        print(f"coati-hf push: {error}", file=sys.stderr)
+        return 1
+    print(info.commit_url)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coati-hf", description="ColossalChat's RLHF pipeline for Hugging Face.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -36,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     path = commands.add_parser("embedded-path", help="Convert the embedded SmolLM2 once and print its folder.")
     path.set_defaults(handler=_embedded_path)
+
+    push = commands.add_parser("push", help="Push a folder written by a coati_hf trainer's save_model to a Hub repo.")
+    push.add_argument("folder", help="The export folder (it holds coati_export.json).")
+    push.add_argument("repo_id", help="The Hub repo, e.g. your-name/sft-model; created if it does not exist.")
+    push.add_argument("--revision", default=None, help="Branch to commit to (created if needed). Default: main.")
+    push.add_argument("--private", action="store_true", help="Create the repo private (no effect on an existing repo).")
+    push.add_argument("--token", default=None, help="Hub token with write access. Default: HF_TOKEN or the saved login.")
+    push.add_argument("--message", default=None, help="Commit message.")
+    push.add_argument("--endpoint", default=None, help="Hub endpoint. Default: HF_ENDPOINT or https://huggingface.co.")
+    push.set_defaults(handler=_push)
     return parser
 
 

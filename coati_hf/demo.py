@@ -1,7 +1,7 @@
 """The end-to-end demo on the embedded SmolLM2-135M-Instruct, sized for a laptop CPU.
 
-Each stage writes an ordinary Hugging Face folder under ``output_dir`` that reloads with
-plain ``from_pretrained``:
+Each stage's ``save_model`` writes an ordinary Hugging Face folder under ``output_dir`` that
+reloads with plain ``from_pretrained``, with a model card (README.md) and training curves:
 
     sft/            stage 1, supervised fine-tuning with LoRA on the shipped bilingual set
     reward_model/   stage 2, a reward model (sequence classifier, num_labels=1) on the shipped pairs
@@ -16,6 +16,12 @@ import time
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+# How each stage's card names its training data (the shipped samples have no Hub id).
+_SAMPLE_DESCRIPTIONS = {
+    name: f"coati_hf's bundled bilingual sample {name}.jsonl (coati_hf/data/samples)"
+    for name in ("sft", "preferences", "prompts")
+}
 
 
 def _lora(task_type: str):
@@ -37,7 +43,6 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
     at least 2: a PPO update on 2 CPU cores takes about half a minute).
     """
     from .data import load_sample
-    from .hub import save_for_hub
     from .models import EMBEDDED_MODEL_NAME, load_causal_lm, load_sequence_classifier
     from .ppo.config import PPOConfig
     from .ppo.trainer import PPOTrainer
@@ -59,7 +64,9 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
         peft_config=_lora("CAUSAL_LM"),
     )
     sft.train()
-    folders["sft"] = save_for_hub(sft.model, tokenizer, output / "sft")
+    sft.create_model_card(dataset_name=_SAMPLE_DESCRIPTIONS["sft"])
+    sft.save_model(str(output / "sft"))
+    folders["sft"] = str(output / "sft")
 
     logger.info("[demo] stage 2/3: reward model on the shipped preference pairs")
     reward_model, rm_tokenizer = load_sequence_classifier(folders["sft"])
@@ -71,7 +78,9 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
         peft_config=_lora("SEQ_CLS"),
     )
     rm.train()
-    folders["reward_model"] = save_for_hub(rm.model, rm_tokenizer, output / "reward_model")
+    rm.create_model_card(dataset_name=_SAMPLE_DESCRIPTIONS["preferences"])
+    rm.save_model(str(output / "reward_model"))
+    folders["reward_model"] = str(output / "reward_model")
 
     logger.info("[demo] stage 3/3: PPO with LoRA, rewarded by the stage-2 model")
     ppo_steps = ppo_steps if ppo_steps is not None else max(2, steps // 4)
@@ -100,6 +109,7 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
         peft_config=_lora("CAUSAL_LM"),
     )
     ppo.train()
+    ppo.create_model_card(dataset_name=_SAMPLE_DESCRIPTIONS["prompts"])
     ppo.save_model(str(output / "ppo"))
     folders["ppo"] = str(output / "ppo")
     folders["ppo_log"] = [entry for entry in ppo.state.log_history if "objective/kl" in entry]

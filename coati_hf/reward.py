@@ -29,6 +29,7 @@ from .data import load_preference_dataset
 from .metrics import load_metric
 from .models import load_sequence_classifier
 from .colossalai import ColossalAIMixin
+from .hub.trainer_mixin import AtomicCheckpointMixin, HubExportMixin
 from .trainer_common import (
     CoatiArgumentsMixin,
     coati_tags,
@@ -80,7 +81,7 @@ class RewardConfig(CoatiArgumentsMixin, trl.RewardConfig):
         super().__post_init__()
 
 
-class RewardTrainer(ColossalAIMixin, trl.RewardTrainer):
+class RewardTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, trl.RewardTrainer):
     """``trl.RewardTrainer`` that reads Coati's preference formats and uses Coati's losses.
 
     - ``model`` may be a model, a Hub name, a local folder or ``"embedded:SmolLM2-135M-Instruct"``;

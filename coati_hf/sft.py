@@ -26,6 +26,7 @@ import trl
 from .data import load_sft_dataset
 from .models import DEFAULT_CHAT_TEMPLATE, load_causal_lm
 from .colossalai import ColossalAIMixin
+from .hub.trainer_mixin import AtomicCheckpointMixin, HubExportMixin
 from .trainer_common import (
     CoatiArgumentsMixin,
     coati_tags,
@@ -63,7 +64,7 @@ def tokenize_conversation(tokenizer, messages: list[dict]) -> dict[str, list[int
     return {"input_ids": input_ids, "assistant_masks": assistant_masks}
 
 
-class SFTTrainer(ColossalAIMixin, trl.SFTTrainer):
+class SFTTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, trl.SFTTrainer):
     """``trl.SFTTrainer`` that reads Coati's data formats and learns from completions only."""
 
     _tag_names = ["trl", "sft", *coati_tags("sft")]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from .hub.arguments import HubExportArguments
+
 logger = logging.getLogger(__name__)
 
 COATI_TAG = "coati_hf"
@@ -22,7 +24,7 @@ def hardware_supports_bf16() -> bool:
 
 
 @dataclass
-class CoatiArgumentsMixin:
+class CoatiArgumentsMixin(HubExportArguments):
     """Fields and defaults added to every coati_hf config (put it first in the bases).
 
     - ``colossalai_strategy``: run the trainer on ColossalAI's booster with this strategy
@@ -30,6 +32,8 @@ class CoatiArgumentsMixin:
       unless the ``COATI_HF_STRATEGY`` environment variable names one.
     - ``bf16`` left unset means "bf16 where the hardware supports it, else fp32" instead of
       TRL's unconditional bf16.
+    - The export fields of :class:`coati_hf.hub.arguments.HubExportArguments`
+      (``save_adapter_only``, ``card_base_model``, ``card_datasets``, ``card_license``).
     """
 
     colossalai_strategy: str | None = field(

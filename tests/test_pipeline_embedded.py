@@ -47,3 +47,17 @@ def test_ppo_logs_its_statistics_every_step(demo_run):
         for key in ("objective/scores", "objective/kl", "objective/entropy", "loss/value_avg", "val/ratio"):
             assert key in entry and entry[key] == entry[key], key  # present and not NaN
         assert 0.5 < entry["val/ratio"] < 2.0
+
+
+def test_every_stage_of_the_demo_has_a_hub_card_naming_the_real_base_model(demo_run):
+    from huggingface_hub import ModelCard
+
+    from coati_hf.hub.export import check_export
+
+    for stage, folder in (("sft", demo_run["sft"]), ("reward-model", demo_run["reward_model"]), ("ppo", demo_run["ppo"])):
+        check_export(folder)
+        data = ModelCard.load(Path(folder) / "README.md").data.to_dict()
+        assert data["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and data["license"] == "apache-2.0"
+        assert f"coati-{stage}" in data["tags"] and "bundled" in data["datasets"][0]
+    lineage = ModelCard.load(Path(demo_run["ppo"]) / "README.md").data.to_dict()["coati_hf"]["lineage"]
+    assert [step["stage"] for step in lineage] == ["base", "sft", "reward-model", "ppo"]

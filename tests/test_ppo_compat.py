@@ -232,28 +232,25 @@ def test_trl_attributes_completions_and_push_to_hub(tmp_path, tok, monkeypatch):
     def create_repo(self, repo_id, **kwargs):
         return SimpleNamespace(repo_id=f"someone/{repo_id}")
 
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        root = Path(folder_path)
-        uploads.append(
-            dict(
-                repo_id=repo_id,
-                files={str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()},
-                card=(root / "README.md").read_text(),
-                kwargs=kwargs,
-            )
-        )
+    def create_commit(self, repo_id, operations, **kwargs):
+        def content(op):
+            return op.path_or_fileobj if isinstance(op.path_or_fileobj, bytes) else Path(op.path_or_fileobj).read_bytes()
+
+        files = {op.path_in_repo: content(op) for op in operations if hasattr(op, "path_or_fileobj")}
+        uploads.append(dict(repo_id=repo_id, files=set(files), card=files["README.md"].decode(), kwargs=kwargs))
         return SimpleNamespace(commit_url="https://example.invalid/commit")
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, **kwargs: [])
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
     trainer.push_to_hub(dataset_name="someone/prompt-set")
 
-    assert len(uploads) == 1
+    assert len(uploads) == 1  # one commit
     upload = uploads[0]
     assert upload["repo_id"] == "someone/out"
     weights = {"model.safetensors", "config.json", "tokenizer.json", "critic/model.safetensors", "critic/config.json"}
     assert weights <= upload["files"]
-    assert "checkpoint-*" in upload["kwargs"].get("ignore_patterns", [])
+    assert not any(name.startswith("checkpoint-") for name in upload["files"])
     card = upload["card"]
     assert "someone/prompt-set" in card
     for tag in ("coati_hf", "coati-ppo", "ppo", "rlhf"):

@@ -97,15 +97,15 @@ def test_lora_adapter_saves_and_reloads_with_peft(tmp_path, tiny_causal_lm):
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=_config(tmp_path, max_steps=4), train_dataset=load_sample("sft"), processing_class=tokenizer, peft_config=lora)
     trainer.train()
-    trainer.save_model(str(tmp_path / "adapter"))
-    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    trainer.save_model(str(tmp_path / "sft"))  # merged weights at the root, the adapter in adapter/
+    assert (tmp_path / "sft" / "adapter" / "adapter_config.json").is_file()
 
     from coati_hf.models import make_tiny_llama
 
     fresh_base, _ = make_tiny_llama("causal_lm", seed=0, tokenizer=tokenizer)
     for key, value in fresh_base.state_dict().items():
         torch.testing.assert_close(value, base_state[key])
-    reloaded = PeftModel.from_pretrained(fresh_base, str(tmp_path / "adapter"))
+    reloaded = PeftModel.from_pretrained(fresh_base, str(tmp_path / "sft"), subfolder="adapter")
     batch = tokenizer(["some text to score"], return_tensors="pt")
     trainer.model.eval()
     with torch.no_grad():

@@ -45,7 +45,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotat
 from trl.trainer.base_trainer import _BaseTrainer
 
 from ..colossalai import ColossalAIMixin
-from ..hub.export import save_for_hub
+from ..hub.stages import CRITIC_SUBFOLDER, export_ppo
+from ..hub.trainer_mixin import HubExportMixin
 from ..numerics import check_finite_weights
 from ..trainer_common import coati_tags, prepare_pad_token
 from .buffer import ReplayBuffer
@@ -60,7 +61,6 @@ from .roles import build_roles
 
 logger = logging.getLogger(__name__)
 
-CRITIC_SUBFOLDER = "critic"
 PPO_STATE_NAME = "ppo_state.json"
 
 
@@ -112,7 +112,7 @@ class PolicyAndValueWrapper(nn.Module):
         return logprobs, entropy, values, ptx_loss
 
 
-class PPOTrainer(ColossalAIMixin, _BaseTrainer):
+class PPOTrainer(ColossalAIMixin, HubExportMixin, _BaseTrainer):
     """PPO with TRL 1.12's constructor, config names and attributes, and Coati's additions.
 
     Extra keyword arguments beyond TRL's: ``reward_processing_class`` (the reward model's own
@@ -518,7 +518,10 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
     # saving and resuming
     # ------------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """Actor at ``output_dir`` (merged LoRA + ``adapter/``), critic at ``output_dir/critic``."""
+        """The PPO export (:func:`coati_hf.hub.stages.export_ppo`): the actor at ``output_dir``
+        (merged LoRA + ``adapter/``, or the adapter alone with ``save_adapter_only``), the critic
+        in ``output_dir/critic``, a card for each and the training curves, replaced in one atomic
+        step on the main process. Pushed when ``args.push_to_hub`` and called by the user."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         wrapper = self.accelerator.unwrap_model(self.model_wrapped if self.model_wrapped is not None else self.model)
         policy_state = critic_state = None
@@ -530,12 +533,10 @@ class PPOTrainer(ColossalAIMixin, _BaseTrainer):
         else:
             check_finite_weights(wrapper, f"saving {output_dir} at update {self.state.global_step}")
         if self.accelerator.is_main_process:
-            save_for_hub(wrapper.policy, self.processing_class, output_dir, state_dict=policy_state)
-            save_for_hub(wrapper.value_model, self.processing_class, os.path.join(output_dir, CRITIC_SUBFOLDER), state_dict=critic_state)
-            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+            export_ppo(self, wrapper.policy, wrapper.value_model, output_dir, policy_state=policy_state, critic_state=critic_state)
         self.accelerator.wait_for_everyone()
         if self.args.push_to_hub and not _internal_call:
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+            self.push_export(output_dir, commit_message="Model save")
 
     def _save_checkpoint(self, model, trial):
         """A checkpoint is complete or it does not exist.
