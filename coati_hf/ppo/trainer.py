@@ -33,7 +33,6 @@ import copy
 import json
 import logging
 import os
-import shutil
 import time
 from collections import defaultdict
 
@@ -41,12 +40,12 @@ import torch
 from torch import nn
 from transformers import DataCollatorWithPadding, TrainerCallback
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
+from transformers.trainer_utils import TrainOutput
 from trl.trainer.base_trainer import _BaseTrainer
 
 from ..colossalai import ColossalAIMixin
 from ..hub.stages import CRITIC_SUBFOLDER, export_ppo
-from ..hub.trainer_mixin import HubExportMixin
+from ..hub.trainer_mixin import AtomicCheckpointMixin, HubExportMixin
 from ..numerics import check_finite_weights
 from ..trainer_common import coati_tags, prepare_pad_token
 from .buffer import ReplayBuffer
@@ -112,7 +111,7 @@ class PolicyAndValueWrapper(nn.Module):
         return logprobs, entropy, values, ptx_loss
 
 
-class PPOTrainer(ColossalAIMixin, HubExportMixin, _BaseTrainer):
+class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTrainer):
     """PPO with TRL 1.12's constructor, config names and attributes, and Coati's additions.
 
     Extra keyword arguments beyond TRL's: ``reward_processing_class`` (the reward model's own
@@ -541,41 +540,25 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, _BaseTrainer):
     def _save_checkpoint(self, model, trial):
         """A checkpoint is complete or it does not exist.
 
-        Everything (weights, optimizer, scheduler, RNG states, trainer state, KL coefficient) is
-        written into a hidden staging folder ``.incomplete-checkpoint-N`` beside the others; only
-        then is it renamed to ``checkpoint-N``, and only after that are older checkpoints rotated
-        away. A crash at any point leaves the previous checkpoints as they were, and
-        ``resume_from_checkpoint=True`` (which only sees ``checkpoint-N`` folders) takes the
-        newest complete one. Non-finite weights are never written: that raises instead.
+        Weights, optimizer, scheduler, RNG states, trainer state and the KL coefficient are all
+        written inside :meth:`~coati_hf.hub.trainer_mixin.AtomicCheckpointMixin.atomic_checkpoint`:
+        into a hidden staging folder that becomes ``checkpoint-N`` in one rename once everything
+        is in it; older checkpoints are rotated away only after that. A crash at any point leaves
+        the previous checkpoints as they were, and ``resume_from_checkpoint=True`` takes the
+        newest complete one. Non-finite weights are never written (``save_model`` raises).
         """
-        accelerator, args = self.accelerator, self.args
-        run_dir = self._get_output_dir(trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        final, staging = os.path.join(run_dir, name), os.path.join(run_dir, f".incomplete-{name}")
-        model_name = args.hub_model_id.split("/")[-1] if args.hub_model_id else os.path.basename(os.path.normpath(args.output_dir))
-        self.create_model_card(model_name=model_name)
-        if accelerator.is_main_process:
-            shutil.rmtree(staging, ignore_errors=True)
-            os.makedirs(staging)
-        accelerator.wait_for_everyone()
-        self.save_model(staging, _internal_call=True)
-        if not args.save_only_model:
-            self._save_optimizer_and_scheduler(staging)
-            self._save_scaler(staging)
-            self._save_rng_state(staging)
-        if args.should_save:
-            with open(os.path.join(staging, PPO_STATE_NAME), "w") as handle:
-                json.dump({"kl_coef": self.kl_controller.value}, handle)
-            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            if os.path.isdir(final):  # the same step of an earlier run in this folder
-                shutil.rmtree(final)
-            os.replace(staging, final)  # the moment the checkpoint becomes complete
+        args = self.args
+        with self.atomic_checkpoint(trial) as checkpoint:
+            self.save_model(str(checkpoint), _internal_call=True)
+            if not args.save_only_model:
+                self._save_optimizer_and_scheduler(str(checkpoint))
+                self._save_scaler(str(checkpoint))
+                self._save_rng_state(str(checkpoint))
+            if args.should_save:
+                (checkpoint / PPO_STATE_NAME).write_text(json.dumps({"kl_coef": self.kl_controller.value}))
+                self.state.save_to_json(str(checkpoint / TRAINER_STATE_NAME))
             if args.push_to_hub:
-                self._push_from_checkpoint(final)
-            rotate_checkpoints(run_dir, args.save_total_limit, self.state.best_model_checkpoint, use_mtime=False)
-        accelerator.wait_for_everyone()
+                self._push_from_checkpoint(str(checkpoint))
 
     def _resume(self, checkpoint: str) -> None:
         """Load weights, optimizer, scheduler, RNG, trainer state and KL coefficient; a checkpoint
