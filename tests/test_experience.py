@@ -558,3 +558,37 @@ def test_an_encoder_model_cannot_be_the_critic(models, tokenizer):
     reward_tokenizer = encoder_tokenizer()
     with pytest.raises(ValueError, match="no per-position `score` head"):
         build_roles(copy.deepcopy(policy), None, reward, encoder_reward_model("bert", reward_tokenizer), tokenizer)
+
+
+def test_lora_is_folded_into_the_weights_for_generation_and_put_back_exactly(tokenizer, prompts):
+    """Inside the block the model computes what the unmerged adapter computes (to rounding) with
+    one matmul per layer; afterwards every weight is bit-for-bit what it was, so the reference
+    policy (adapter disabled) never drifts."""
+    from peft import LoraConfig, get_peft_model
+
+    from coati_hf.ppo.generation import lora_merged_for_generation
+
+    base, _ = make_tiny_llama("causal_lm", seed=0, tokenizer=tokenizer)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)  # B starts at zero: make the adapter matter
+    before = {name: parameter.detach().clone() for name, parameter in model.state_dict().items()}
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        unmerged = model(**batch).logits
+        with model.disable_adapter():
+            without_adapter = model(**batch).logits
+        calls = []
+        hook = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].register_forward_hook(
+            lambda *args: calls.append(1)
+        )
+        with lora_merged_for_generation(model):
+            merged = model(**batch).logits
+        hook.remove()
+    assert not calls  # the adapter branch did not run: the delta was in the weights
+    torch.testing.assert_close(merged, unmerged, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(without_adapter, unmerged, atol=1e-2)  # the adapter does change the outputs
+    after = model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields, replace
 
 import torch
@@ -63,6 +63,7 @@ from .generation import (
     compute_action_mask,
     generate_responses,
     left_pad,
+    lora_merged_for_generation,
     resolve_stop_token_ids,
     truncate_left,
 )
@@ -267,6 +268,9 @@ class ExperienceMaker:
         reward_add_special_tokens: ``add_special_tokens`` for the re-tokenization path.
         prompt_add_special_tokens: ``add_special_tokens`` when tokenizing string prompts (they
             are expected to be chat-formatted already, so False by default).
+        merge_lora_for_generation: sample with each LoRA delta folded into its base weight
+            (:func:`~coati_hf.ppo.generation.lora_merged_for_generation`: as fast as the plain
+            model, same distribution). Turn it off where weights are sharded (Gemini).
     """
 
     def __init__(
@@ -284,6 +288,7 @@ class ExperienceMaker:
         generation_kwargs: dict | None = None,
         reward_add_special_tokens: bool = True,
         prompt_add_special_tokens: bool = False,
+        merge_lora_for_generation: bool = True,
     ):
         if ref_policy is not None and ref_policy is policy:
             raise ValueError("policy and ref_policy cannot be the same object: pass a copy, or None with a peft policy")
@@ -307,6 +312,7 @@ class ExperienceMaker:
         self.generation_kwargs = dict(generation_kwargs or {})
         self.reward_add_special_tokens = reward_add_special_tokens
         self.prompt_add_special_tokens = prompt_add_special_tokens
+        self.merge_lora_for_generation = merge_lora_for_generation
         self.reward_is_function = callable(reward_model) and not isinstance(reward_model, torch.nn.Module)
         self.reward_tokenizer = reward_tokenizer
         self.retokenize_for_reward = not self.reward_is_function and tokenizer_difference(reward_tokenizer, tokenizer) is not None
@@ -330,17 +336,19 @@ class ExperienceMaker:
             prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
             prompt_length = prompt_ids.shape[1]
 
-            responses, valid = generate_responses(
-                self.policy,
-                prompt_ids,
-                prompt_mask,
-                max_new_tokens=config.response_length,
-                temperature=config.temperature,
-                pad_token_id=pad_id,
-                stop_token_ids=self.stop_token_ids,
-                chunk_size=chunk,
-                generation_kwargs=self.generation_kwargs,
-            )
+            merged = lora_merged_for_generation(self.policy) if self.merge_lora_for_generation else nullcontext()
+            with merged:
+                responses, valid = generate_responses(
+                    self.policy,
+                    prompt_ids,
+                    prompt_mask,
+                    max_new_tokens=config.response_length,
+                    temperature=config.temperature,
+                    pad_token_id=pad_id,
+                    stop_token_ids=self.stop_token_ids,
+                    chunk_size=chunk,
+                    generation_kwargs=self.generation_kwargs,
+                )
             actions = compute_action_mask(responses, self.stop_token_ids, valid)
             action_mask = actions.mask
             has_stop = actions.has_stop

@@ -44,6 +44,7 @@ __all__ = [
     "truncate_left",
     "generate_responses",
     "sampling_generation_config",
+    "lora_merged_for_generation",
 ]
 
 
@@ -177,6 +178,67 @@ def sampling_generation_config(
     )
     settings.update(overrides)
     return GenerationConfig(**settings)
+
+
+@contextmanager
+def lora_merged_for_generation(model):
+    """Run the block with every LoRA delta folded into its base weight, the adapter branch off.
+
+    Unmerged LoRA adds two thin matmuls per adapted layer per decoding step (about 25% of a
+    135M model's generation time on a CPU); with merged weights each layer is one matmul, as in
+    the plain model. The merged weight ``W + scale * B @ A`` is a temporary tensor swapped in
+    for ``W`` and the original tensor is put back afterwards (never ``W + BA - BA``, which would
+    drift in floating point and move the reference policy, i.e. the adapter-disabled model).
+    The sampled distribution is the same as the unmerged model's up to rounding; log-probs are
+    computed afterwards by the unmerged model in any case.
+
+    Does nothing unless ``model`` is a peft model whose adapted layers are all plain LoRA
+    ``Linear`` layers with one active adapter (no DoRA, not merged already, adapters enabled).
+    """
+    layers = _plain_lora_layers(model)
+    if not layers:
+        yield
+        return
+    saved = []
+    try:
+        with torch.no_grad():
+            for layer, adapter in layers:
+                base = layer.get_base_layer()
+                saved.append((base, base.weight.data))
+                base.weight.data = base.weight.data + layer.get_delta_weight(adapter).to(base.weight.dtype)
+        with model.disable_adapter():
+            yield
+    finally:
+        for base, original in saved:
+            base.weight.data = original
+
+
+def _plain_lora_layers(model) -> list:
+    """``[(layer, adapter)]`` for every LoRA layer of a peft model whose adapters can be merged
+    for generation as :func:`lora_merged_for_generation` does; [] when any layer cannot."""
+    if not (hasattr(model, "disable_adapter") and hasattr(model, "peft_config")):
+        return []
+    try:
+        from peft.tuners.lora import Linear as LoraLinear
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return []
+    layers = []
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        active = [name for name in module.active_adapters if name in module.lora_A]
+        if (
+            not isinstance(module, LoraLinear)
+            or module.merged
+            or module.disable_adapters
+            or len(active) > 1
+            or any(module.use_dora.get(name, False) for name in active)
+        ):
+            return []
+        if active:
+            layers.append((module, active[0]))
+    return layers
 
 
 @contextmanager

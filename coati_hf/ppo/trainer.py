@@ -212,6 +212,8 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
             config=rollout_config,
             reward_tokenizer=roles.reward_tokenizer,
             kl_controller=self.kl_controller,
+            # Gemini shards the weights into chunks: there is no whole base weight to fold LoRA into
+            merge_lora_for_generation=not (getattr(self, "colossalai_enabled", False) and self.colossalai_plugin.is_gemini),
         )
         device = self.accelerator.device
         if ref_model is not None:
