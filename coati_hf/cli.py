@@ -2,6 +2,9 @@
 
     coati-hf demo [--output-dir DIR] [--steps N]   run the pipeline on the embedded SmolLM2
     coati-hf embedded-path                          convert (once) and print the embedded model's folder
+    coati-hf chat MODEL [--prompt TEXT]             talk to a model in the terminal (coati_hf.chat)
+    coati-hf generate MODEL --prompts F --output O  completions for a prompt file, scored with --reward-model
+    coati-hf serve MODEL [--host H] [--port P]      a web chat (Gradio), API endpoint /chat
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     path = commands.add_parser("embedded-path", help="Convert the embedded SmolLM2 once and print its folder.")
     path.set_defaults(handler=_embedded_path)
+
+    from .chat.commands import add_chat_commands
+
+    add_chat_commands(commands)
     return parser
 
 
