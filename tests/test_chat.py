@@ -415,6 +415,34 @@ def test_embedded_model_answers_and_remembers(embedded_dir):
     assert "Paris" in result.stdout
 
     loaded_model = load_chat_model("embedded:SmolLM2-135M-Instruct", report=None)
-    session = ChatSession(loaded_model.model, loaded_model.tokenizer, GenerationSettings(24, temperature=0.0, top_p=1.0))
-    session.ask("Hi! My name is Ada.")
-    assert "Ada" in session.ask("What is my name?")
+    settings = GenerationSettings(32, temperature=0.0, top_p=1.0)
+    session = ChatSession(loaded_model.model, loaded_model.tokenizer, settings)
+    session.ask("I live in Paris.")
+    assert "Paris" in session.ask("Which city do I live in?")
+    session.reset()
+    assert "Paris" not in session.ask("Which city do I live in?")
+
+
+@pytest.mark.slow
+def test_adapter_on_the_embedded_model_named_by_its_hub_id_answers_offline(tmp_path, embedded_dir):
+    """An adapter exported from a run on the embedded SmolLM2 names its base by the Hub id; chat
+    finds the embedded copy without the Hub (and without a Hugging Face cache)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from coati_hf.chat import EMBEDDED_HUB_IDS
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_dir)
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    config_file = tmp_path / "adapter" / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "base_model_name_or_path": EMBEDDED_HUB_IDS[0]}))
+    env = cli_env()
+    env["HF_HUB_CACHE"] = str(tmp_path / "empty-hub-cache")
+    result = subprocess.run(
+        [sys.executable, "-m", "coati_hf.cli", "chat", str(tmp_path / "adapter"), "--prompt", "What is the capital of France?",
+         "--temperature", "0", "--max-new-tokens", "24"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"on base {embedded_dir}" in result.stderr
+    assert "Paris" in result.stdout
