@@ -107,34 +107,64 @@ def test_chat_prompt_int8_answers_and_reports_memory(model_dir):
     assert result.returncode == 0, result.stderr
     quantized = load_chat_model(model_dir, quantize="int8", report=None)
     assert result.stdout == greedy_reply(quantized, [user("What is the water cycle?")]) + "\n"
-    memory = re.search(r"weights: ([\d.]+) MiB \(float32\) -> ([\d.]+) MiB \(int8", result.stderr)
+    memory = re.search(r"weights: ([\d.]+) MiB \(float32\) -> ([\d.]+) MiB \(int8\)", result.stderr)
     assert memory, result.stderr
     before, after = float(memory.group(1)), float(memory.group(2))
     assert after < 0.7 * before  # the Linear layers (half the weights here) shrink 4x
 
 
-def test_int8_logits_stay_close_to_float32(model_dir, loaded):
-    """Tolerance: on a fixed chat input, every int8 logit is within 10% of the largest fp32
-    logit magnitude, and each position's next-token distribution is within 1e-3 nats (KL) of
-    fp32's. Measured on this model: 4% and 2e-5."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+def chat_input_ids(tokenizer):
+    return tokenizer.apply_chat_template(
+        [user("Tell me about the water cycle, please. 水是怎么循环的？")], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+
+
+def logit_gap(reference: torch.Tensor, approximate: torch.Tensor) -> tuple[float, float]:
+    """(max |logit difference| / max |reference logit|, max per-position KL(reference || approximate) in nats)."""
+    log_p, log_q = reference.float().log_softmax(-1), approximate.float().log_softmax(-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    return float((approximate - reference).abs().max() / reference.abs().max()), float(kl.max())
+
+
+@pytest.mark.parametrize("mode, layer_type, max_relative, max_kl", [
+    ("int8", "coati_hf.chat.quantize.Int8Linear", 0.05, 1e-4),
+    ("int8-dynamic", "torch.ao.nn.quantized.dynamic.Linear", 0.10, 1e-3),
+])  # fmt: skip
+def test_int8_logits_stay_close_to_float32(model_dir, loaded, mode, layer_type, max_relative, max_kl):
+    """Tolerance on a fixed chat input: every logit within ``max_relative`` x the largest fp32
+    logit magnitude, every position's next-token distribution within ``max_kl`` nats of fp32's.
+    int8: 5% and 1e-4 (measured 1% and 2e-6); int8-dynamic: 10% and 1e-3 (measured 3%, 2e-5)."""
+    import importlib
 
     from coati_hf.chat import load_chat_model
 
-    quantized = load_chat_model(model_dir, quantize="int8", report=None)
-    assert any(isinstance(m, DynamicQuantizedLinear) for m in quantized.model.modules())
-    assert not any(type(m) is torch.nn.Linear for m in quantized.model.modules())  # untied: all quantized
-    ids = loaded.tokenizer.apply_chat_template(
-        [user("Tell me about the water cycle, please. 水是怎么循环的？")], add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )["input_ids"]
+    module, _, name = layer_type.rpartition(".")
+    quantized_type = getattr(importlib.import_module(module), name)
+    quantized = load_chat_model(model_dir, quantize=mode, report=None)
+    assert any(isinstance(m, quantized_type) for m in quantized.model.modules())
+    assert not any(type(m) is torch.nn.Linear for m in quantized.model.modules())  # untied: every Linear
+    ids = chat_input_ids(loaded.tokenizer)
     with torch.no_grad():
-        reference = loaded.model(input_ids=ids).logits.float()
-        approximate = quantized.model(input_ids=ids).logits.float()
-    assert (approximate - reference).abs().max() <= 0.10 * reference.abs().max()
-    log_p, log_q = reference.log_softmax(-1), approximate.log_softmax(-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-    assert kl.max() <= 1e-3
+        reference = loaded.model(input_ids=ids).logits
+        approximate = quantized.model(input_ids=ids).logits
+    relative, kl = logit_gap(reference, approximate)
+    assert relative <= max_relative and kl <= max_kl
     assert not torch.equal(reference, approximate)  # it did quantize
+
+
+def test_int8_kernel_and_dequantized_weight_agree():
+    """Int8Linear's two paths (PyTorch's int8 weight kernel, the dequantized weight) compute the
+    same product, within float32 rounding, and stay within int8 rounding of the float layer."""
+    from coati_hf.chat import Int8Linear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96)
+    x = torch.randn(2, 5, 64)
+    kernel, plain = Int8Linear(layer, use_kernel=True), Int8Linear(layer, use_kernel=False)
+    assert kernel.weight_int8.dtype == torch.int8 and kernel.scale.shape == (96,)
+    assert torch.allclose(kernel(x), plain(x), atol=1e-5)
+    step = kernel.scale.max()  # one int8 step of the widest row
+    assert (plain(x) - layer(x)).abs().max() <= 0.5 * step * x.abs().sum(-1).max()
 
 
 # -- the terminal conversation -------------------------------------------------------------------
@@ -446,3 +476,31 @@ def test_adapter_on_the_embedded_model_named_by_its_hub_id_answers_offline(tmp_p
     assert result.returncode == 0, result.stderr
     assert f"on base {embedded_dir}" in result.stderr
     assert "Paris" in result.stdout
+
+
+@pytest.mark.slow
+def test_int8_keeps_smollm2_close_where_dynamic_int8_does_not(embedded_dir):
+    """On the real model: int8 (weight-only) within 0.02 nats mean / 0.25 max KL of float32 and
+    90% of greedy choices unchanged (measured 0.006 / 0.05, 98%); torch.ao's dynamic int8 is far
+    off (measured 2.1 nats mean, 39%): SmolLM2's outlier activations defeat per-tensor scales."""
+    import copy
+
+    from coati_hf.chat import load_chat_model
+    from coati_hf.chat.quantize import quantize_int8, quantize_int8_dynamic
+
+    fp32 = load_chat_model(embedded_dir, report=None)
+    ids = chat_input_ids(fp32.tokenizer)
+    with torch.no_grad():
+        reference = fp32.model(input_ids=ids).logits
+        weight_only = quantize_int8(copy.deepcopy(fp32.model))(input_ids=ids).logits
+        dynamic = quantize_int8_dynamic(copy.deepcopy(fp32.model))(input_ids=ids).logits
+
+    def mean_kl_and_agreement(approximate):
+        log_p, log_q = reference.log_softmax(-1), approximate.log_softmax(-1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+        return float(kl.mean()), float((reference.argmax(-1) == approximate.argmax(-1)).float().mean())
+
+    kl_mean, agreement = mean_kl_and_agreement(weight_only)
+    assert kl_mean <= 0.02 and logit_gap(reference, weight_only)[1] <= 0.25 and agreement >= 0.9
+    dynamic_kl, dynamic_agreement = mean_kl_and_agreement(dynamic)
+    assert dynamic_kl > 10 * kl_mean and dynamic_agreement < agreement

@@ -23,6 +23,8 @@ _LAZY = {
     "EMBEDDED_HUB_IDS": ".loading",
     "QUANTIZE_MODES": ".quantize",
     "quantize_int8": ".quantize",
+    "quantize_int8_dynamic": ".quantize",
+    "Int8Linear": ".quantize",
     "weight_bytes": ".quantize",
     "GenerationSettings": ".generation",
     "WholeCharacterStreamer": ".generation",

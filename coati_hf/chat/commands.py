@@ -1,6 +1,6 @@
 """The ``coati-hf chat``, ``generate`` and ``serve`` commands.
 
-    coati-hf chat MODEL [--prompt TEXT] [--system S] [--quantize int8|8bit|4bit] ...
+    coati-hf chat MODEL [--prompt TEXT] [--system S] [--quantize int8|int8-dynamic|8bit|4bit] ...
     coati-hf generate MODEL --prompts FILE --output out.jsonl [--reward-model FOLDER] ...
     coati-hf serve MODEL [--host 127.0.0.1] [--port 7860] ...
 
@@ -23,8 +23,10 @@ MODEL_HELP = "exported folder, adapter/ folder, Hub id in the local cache, or em
 def _model_arguments(parser: argparse.ArgumentParser, temperature: float, max_new_tokens: int) -> None:
     parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("--base-model", default=None, help="base model of an adapter folder (overrides its adapter_config.json)")
-    parser.add_argument("--quantize", choices=("none", "int8", "8bit", "4bit"), default=None,
-                        help="int8: dynamic int8 Linear layers on the CPU; 8bit/4bit: bitsandbytes on a CUDA GPU")
+    parser.add_argument("--quantize", choices=("none", "int8", "int8-dynamic", "8bit", "4bit"), default=None,
+                        help="int8: int8 Linear weights on the CPU; int8-dynamic: torch.ao dynamic quantization "
+                             "(weights and activations, lossy on models with outlier activations); "
+                             "8bit/4bit: bitsandbytes on a CUDA GPU")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                         help="weights' dtype (auto: float32 on the CPU, bfloat16/float16 on a GPU)")

@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ChatError
-from .quantize import bitsandbytes_config, check_quantize_mode, format_bytes, quantize_int8, weight_bytes
+from .quantize import (
+    CPU_MODES,
+    bitsandbytes_config,
+    check_quantize_mode,
+    format_bytes,
+    quantize_int8,
+    quantize_int8_dynamic,
+    weight_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -218,13 +226,13 @@ def _pick_device(device: str, quantize: str | None) -> str:
     import torch
 
     if device == "auto":
-        if quantize == "int8":
+        if quantize in CPU_MODES:
             return "cpu"
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ChatError("--device cuda was asked for but this machine has no CUDA GPU")
-    if quantize == "int8" and device != "cpu":
-        raise ChatError("--quantize int8 runs on the CPU; use --quantize 8bit or 4bit on a GPU")
+    if quantize in CPU_MODES and device != "cpu":
+        raise ChatError(f"--quantize {quantize} runs on the CPU; use --quantize 8bit or 4bit on a GPU")
     return device
 
 
@@ -311,18 +319,19 @@ def load_chat_model(
 ) -> LoadedModel:
     """A causal LM and its tokenizer ready to generate (module rules), quantized if asked.
 
-    ``quantize``: None, ``"int8"`` (CPU), ``"8bit"`` or ``"4bit"`` (CUDA + bitsandbytes); the
+    ``quantize``: None, ``"int8"`` or ``"int8-dynamic"`` (CPU), ``"8bit"`` or ``"4bit"`` (CUDA +
+    bitsandbytes), see :mod:`coati_hf.chat.quantize`; the
     weights' memory before and after is passed to ``report`` (stderr by default; None: silent)
     and kept in ``notes``. ``base_model``: the base of an adapter folder, overriding its config.
-    ``device``: ``"auto"`` (CUDA when present, the CPU for int8), ``"cpu"`` or ``"cuda"``.
+    ``device``: ``"auto"`` (CUDA when present, the CPU for the int8 modes), ``"cpu"`` or ``"cuda"``.
     ``dtype``: ``"auto"`` (float32 on the CPU, bfloat16/float16 on a GPU) or a torch dtype name.
     """
     quantize = None if quantize in (None, "none") else quantize
     check_quantize_mode(quantize)
     device = _pick_device(device, quantize)
     torch_dtype = _resolve_dtype(dtype, device)
-    if quantize == "int8" and dtype not in ("auto", "float32"):
-        raise ChatError("--quantize int8 quantizes float32 weights; leave --dtype at auto or float32")
+    if quantize in CPU_MODES and dtype not in ("auto", "float32"):
+        raise ChatError(f"--quantize {quantize} quantizes float32 weights; leave --dtype at auto or float32")
     _quiet_transformers()
     reference = resolve_model_reference(name_or_path)
     if Path(reference).is_dir() and not (_is_full_model(Path(reference)) or _is_adapter(Path(reference))):
@@ -333,10 +342,10 @@ def load_chat_model(
     model, tokenizer_folder = _load_weights(reference, "AutoModelForCausalLM", load_kwargs, base_model)
     tokenizer = _load_tokenizer(tokenizer_folder, model)
     notes: list[str] = []
-    if quantize == "int8":
+    if quantize in CPU_MODES:
         before = weight_bytes(model)
-        model = quantize_int8(model)
-        notes.append(f"weights: {format_bytes(before)} (float32) -> {format_bytes(weight_bytes(model))} (int8, dynamic)")
+        model = quantize_int8(model) if quantize == "int8" else quantize_int8_dynamic(model)
+        notes.append(f"weights: {format_bytes(before)} (float32) -> {format_bytes(weight_bytes(model))} ({quantize})")
     elif quantize in ("8bit", "4bit"):
         full = _checkpoint_bytes(reference)
         label = f"{format_bytes(full)} (checkpoint) -> " if full else ""
