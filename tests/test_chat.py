@@ -291,6 +291,9 @@ def test_adapter_base_named_by_the_embedded_hub_id_resolves_offline(tmp_path, em
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": EMBEDDED_HUB_IDS[0]}))
     assert Path(resolve_adapter_base(tmp_path)) == Path(embedded_dir)
     assert resolve_adapter_base(tmp_path, base_model=str(tmp_path)) == str(tmp_path)  # --base-model wins
+    elsewhere = Path("/home/someone/.cache/coati_hf") / Path(embedded_dir).name  # an export made on another machine
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(elsewhere)}))
+    assert Path(resolve_adapter_base(tmp_path)) == Path(embedded_dir)
 
 
 # -- generate ----------------------------------------------------------------------------------

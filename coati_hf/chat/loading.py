@@ -110,6 +110,12 @@ def _embedded_folder() -> str:
         raise ChatError(str(error).splitlines()[0]) from None
 
 
+def _embedded_stem() -> str:
+    from ..models import find_embedded_gguf
+
+    return find_embedded_gguf().stem
+
+
 def _embedded_available() -> bool:
     try:
         from ..models import find_embedded_gguf
@@ -164,7 +170,8 @@ def resolve_adapter_base(adapter_dir: str | os.PathLike, base_model: str | None 
     ``base_model`` (``--base-model``) wins. Otherwise ``base_model_name_or_path`` of
     ``adapter_config.json`` is read:
 
-    - an absolute path: used if it is a folder;
+    - an absolute path: used if it is a folder; the embedded model's converted folder on another
+      machine (same folder name, as older exports wrote it) is the embedded model here;
     - a relative path (coati_hf's exports name a sibling export this way, relative to the
       export's parent folder): looked up from the export's parent (for an ``adapter/``
       subfolder, the folder above the export), then from the adapter's parent, then from the
@@ -192,6 +199,8 @@ def resolve_adapter_base(adapter_dir: str | os.PathLike, base_model: str | None 
     if path.is_absolute():
         if path.is_dir():
             return str(path)
+        if _embedded_available() and path.name == _embedded_stem():
+            return _embedded_folder()  # the embedded model's converted folder on another machine
     else:
         export_root = adapter_dir.parent if adapter_dir.name == "adapter" else adapter_dir
         for start in (export_root.parent, adapter_dir.parent, Path.cwd()):
