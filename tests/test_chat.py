@@ -284,13 +284,23 @@ def test_chat_with_an_adapter_folder_loads_its_base(adapter_export, loaded):
 
 
 def test_adapter_base_named_by_the_embedded_hub_id_resolves_offline(tmp_path, embedded_dir, monkeypatch):
-    from coati_hf.chat import EMBEDDED_HUB_IDS, resolve_adapter_base
+    from coati_hf.chat import EMBEDDED_HUB_IDS, ChatError, resolve_adapter_base, resolve_model_reference
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))  # not downloaded anywhere
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": EMBEDDED_HUB_IDS[0]}))
     assert Path(resolve_adapter_base(tmp_path)) == Path(embedded_dir)
     assert resolve_adapter_base(tmp_path, base_model=str(tmp_path)) == str(tmp_path)  # --base-model wins
+    # a Hub id that is in the Hugging Face cache is loaded from there; one that is not is an error offline
+    snapshot = tmp_path / "hub-cache" / "models--org--cached" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "hub-cache" / "models--org--cached" / "refs").mkdir()
+    (tmp_path / "hub-cache" / "models--org--cached" / "refs" / "main").write_text("abc")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    assert resolve_model_reference("org/cached") == "org/cached"
+    with pytest.raises(ChatError, match="not in the local Hugging Face cache"):
+        resolve_model_reference("org/not-cached")
     elsewhere = Path("/home/someone/.cache/coati_hf") / Path(embedded_dir).name  # an export made on another machine
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(elsewhere)}))
     assert Path(resolve_adapter_base(tmp_path)) == Path(embedded_dir)

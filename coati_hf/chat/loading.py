@@ -95,7 +95,8 @@ def _in_hub_cache(repo_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(repo_id, "config.json")
+        # the cache folder as the environment names it now, not as it was when huggingface_hub was imported
+        found = try_to_load_from_cache(repo_id, "config.json", cache_dir=os.environ.get("HF_HUB_CACHE") or None)
     except Exception:  # not a valid repo id, no cache
         return False
     return isinstance(found, str) and os.path.isfile(found)
