@@ -167,6 +167,15 @@ def test_int8_kernel_and_dequantized_weight_agree():
     assert (plain(x) - layer(x)).abs().max() <= 0.5 * step * x.abs().sum(-1).max()
 
 
+def test_bitsandbytes_modes_build_their_configs():
+    """8bit is LLM.int8(); 4bit is NF4 with double quantization (loading them needs a CUDA GPU)."""
+    from coati_hf.chat.quantize import bitsandbytes_config
+
+    eight, four = bitsandbytes_config("8bit"), bitsandbytes_config("4bit")
+    assert eight.load_in_8bit and not eight.load_in_4bit
+    assert four.load_in_4bit and four.bnb_4bit_quant_type == "nf4" and four.bnb_4bit_use_double_quant
+
+
 # -- the terminal conversation -------------------------------------------------------------------
 
 
