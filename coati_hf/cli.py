@@ -4,6 +4,9 @@
     coati-hf embedded-path                          convert (once) and print the embedded model's folder
     coati-hf push FOLDER REPO_ID [--revision R] [--private] [--token T] [--message M] [--endpoint URL]
                                                     push a saved export to a Hub repo in one commit
+    coati-hf chat MODEL [--prompt TEXT]             talk to a model in the terminal (coati_hf.chat)
+    coati-hf generate MODEL --prompts F --output O  completions for a prompt file, scored with --reward-model
+    coati-hf serve MODEL [--host H] [--port P]      a web chat (Gradio), API endpoint /chat
 """
 
 from __future__ import annotations
@@ -69,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--message", default=None, help="Commit message.")
     push.add_argument("--endpoint", default=None, help="Hub endpoint. Default: HF_ENDPOINT or https://huggingface.co.")
     push.set_defaults(handler=_push)
+
+    from .chat.commands import add_chat_commands
+
+    add_chat_commands(commands)
     return parser
 
 
