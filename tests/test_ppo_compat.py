@@ -537,3 +537,39 @@ def test_peft_policy_with_a_reward_of_another_vocabulary(tmp_path, tok):
     assert torch.equal(critic.model.layers[0].self_attn.q_proj.weight, q_proj.base_layer.weight)  # ...the critic none
     trainer.train()
     assert trainer.state.global_step == 1 and math.isfinite(step_logs(trainer)[0]["loss/value_avg"])
+
+
+def test_sample_tables_end_at_a_whole_character_and_print_once_per_interval(tmp_path, tok, caplog):
+    """A response cut at response_length inside a Chinese character shows no U+FFFD in the
+    sample-completion table; the table is logged once per sampling interval, not per update."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    sentence = tok("人工智能是一种新的技术", add_special_tokens=False)["input_ids"]
+    cut = next(n for n in range(1, len(sentence)) if "\ufffd" in tok.decode(sentence[:n]))
+
+    class Say(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            step = input_ids.shape[1] - prompt_width[0]
+            forced = torch.full_like(scores, -math.inf)
+            forced[:, sentence[step]] = 0.0
+            return forced
+
+    prompt_width = [None]
+    config = ppo_config(tmp_path, response_length=cut, total_episodes=8, num_sample_generations=2)
+    trainer = build(tmp_path, tok, config=config, eval_dataset=prompt_ids(tok, PROMPTS[:2]))
+    original_generate = trainer.experience_maker.policy.generate
+
+    def generate(*args, **kwargs):
+        prompt_width[0] = kwargs["input_ids"].shape[1]
+        return original_generate(*args, **kwargs)
+
+    trainer.experience_maker.policy.generate = generate
+    trainer.experience_maker.generation_kwargs = {"logits_processor": LogitsProcessorList([Say()])}
+    with caplog.at_level(logging.INFO, logger="coati_hf.ppo.trainer"):
+        trainer.train()
+    tables = [record for record in caplog.records if record.getMessage().startswith("Sample completions")]
+    assert trainer.state.global_step == 4 and len(tables) == 2  # updates 1 and 3 of 4
+    table = trainer.generate_completions()
+    assert tok.decode(sentence[:cut]).endswith("\ufffd")  # the raw decode would show a broken character
+    for response in table["model response"]:
+        assert "\ufffd" not in response and response == tok.decode(sentence[:cut]).rstrip("\ufffd")

@@ -47,6 +47,7 @@ from ..colossalai import ColossalAIMixin
 from ..hub.stages import CRITIC_SUBFOLDER, export_ppo
 from ..hub.trainer_mixin import AtomicCheckpointMixin, HubExportMixin
 from ..numerics import check_finite_weights
+from ..text import decode_whole_characters
 from ..trainer_common import coati_tags, prepare_pad_token
 from .buffer import ReplayBuffer
 from .config import PPOConfig
@@ -493,15 +494,18 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
         maker.config = inspect_config
         table = defaultdict(list)
         batch_size = self.args.per_device_eval_batch_size
-        decode = self.processing_class.decode
+        tokenizer = self.processing_class
         for start in range(0, len(self.eval_dataset), batch_size):
             rows = self.eval_dataset[start : start + batch_size]["input_ids"]
             with self.accelerator.autocast():
                 experience = maker.make_experience(self.data_collator([{"input_ids": ids} for ids in rows]))
             prompt_mask = experience.attention_mask[:, : experience.prompt_length].bool()
             for row in range(len(experience)):
-                table["query"].append(decode(experience.prompt_ids[row][prompt_mask[row]], skip_special_tokens=True))
-                table["model response"].append(decode(experience.response_ids[row][experience.action_mask[row]]))
+                prompt = experience.prompt_ids[row][prompt_mask[row]]
+                response = experience.response_ids[row][experience.action_mask[row]]
+                # a response cut at response_length may end inside a multi-byte character
+                table["query"].append(decode_whole_characters(tokenizer, prompt, skip_special_tokens=True))
+                table["model response"].append(decode_whole_characters(tokenizer, response, skip_special_tokens=False))
                 table["score"].append(float(experience.scores[row]))
             if sampling:
                 break
