@@ -31,9 +31,13 @@ def check_finite_weights(model, where: str, *, trainable_only: bool = False, sta
     """Raise :class:`NonFiniteWeightsError` naming ``where`` (e.g. "update 12", "checkpoint-30")
     and the first bad parameter if ``model`` (or ``state_dict``) holds a NaN or inf."""
     if state_dict is not None:
-        named = state_dict.items()
+        named = list(state_dict.items())
     else:
-        named = ((name, p) for name, p in model.named_parameters() if p.requires_grad or not trainable_only)
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad or not trainable_only]
+    floating = [tensor.detach() for _, tensor in named if torch.is_tensor(tensor) and tensor.is_floating_point()]
+    # One sum per tensor is the cheap test (NaN and inf survive a sum); names are looked up only on failure.
+    if not floating or bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float32) for t in floating])).all()):
+        return
     found = first_non_finite(named)
     if found is not None:
         name, kind = found
