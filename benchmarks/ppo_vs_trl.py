@@ -1,0 +1,427 @@
+"""coati_hf's PPOTrainer against TRL 1.12's, side by side, on the same workload and machine.
+
+    python benchmarks/ppo_vs_trl.py                       # 3 repetitions x 3 runs, ~15 min on 2 cores
+    python benchmarks/ppo_vs_trl.py --repeats 1 --iterations 2 --warmup 1    # a quick look
+
+Workload (the same ``PPOTrainer(...)`` call for every run): SmolLM2-135M-Instruct (the embedded
+model, converted once), LoRA r=16 on q/k/v/o, 8 prompts per update (the shipped prompt set,
+chat-templated), 32 new tokens (stop at EOS), one PPO epoch of one minibatch, fp32, a reward
+model and a value model read from the same checkpoint (``num_labels=1``), TRL's defaults
+otherwise (gradient checkpointing on, temperature 0.7, kl_coef 0.05).
+
+Runs, each in its own process (peak RSS is a per-process high-water mark), alternated
+A B C A B C ... so drifting machine load hits all of them alike:
+
+- ``trl``: ``trl.experimental.ppo.PPOTrainer`` of TRL 1.12, in ``benchmarks/.venv-trl112``
+  (made by ``benchmarks/setup_trl112.sh``: TRL 1.12 with the project's own torch,
+  transformers, accelerate, peft and datasets versions);
+- ``coati-same``: ``coati_hf.PPOTrainer`` with the very same arguments (an explicit full
+  value model, as TRL requires);
+- ``coati-recommended``: ``value_model=None``: the critic is the reward model plus its own
+  LoRA adapter and head, four roles on two backbones.
+
+Per run: seconds per steady update (after ``--warmup`` updates), split into generation,
+reference log-probs, policy log-probs, values, reward scores and the update (forward, backward,
+step) by timing the trainers' own functions; generated tokens per second; peak RSS. The table
+gives medians with the min-max spread over repetitions and the coati_hf / TRL ratios, and is
+written with the date, machine and library versions to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TRL_PYTHON = HERE / ".venv-trl112" / "bin" / "python"
+RUNS = ("trl", "coati-same", "coati-recommended")
+PHASES = ("generate", "policy_logprobs", "reference", "values", "reward", "update")
+GIB = 1024**3
+
+
+# ---------------------------------------------------------------------------------------------
+# one run (a child process)
+# ---------------------------------------------------------------------------------------------
+
+
+class PhaseTimer:
+    """Wall time spent inside wrapped functions, per phase and per update."""
+
+    def __init__(self):
+        self.current = defaultdict(float)
+        self.per_update: list[dict[str, float]] = []
+        self.update_started = None
+        self.tokens = 0
+        self.update_seconds: list[float] = []
+        self.tokens_per_update: list[int] = []
+
+    def wrap(self, phase, function):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.current[phase] += time.perf_counter() - start
+
+        return timed
+
+    def begin(self):
+        self.current = defaultdict(float)
+        self.tokens = 0
+        self.update_started = time.perf_counter()
+
+    def end(self):
+        self.update_seconds.append(time.perf_counter() - self.update_started)
+        self.per_update.append(dict(self.current))
+        self.tokens_per_update.append(self.tokens)
+        self.begin()
+
+
+def _workload(model_dir: str, iterations: int):
+    """Tokenizer, pre-tokenized prompts and the shared config values."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.pad_token = "<|endoftext|>"  # SmolLM2's unused special token, as coati_hf's loader picks
+    with open(ROOT / "coati_hf" / "data" / "samples" / "prompts.jsonl", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    prompts = []
+    for row in rows:
+        messages = row.get("messages") or row.get("prompt")
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        messages = [m for m in messages if m["role"] != "assistant"] or messages
+        prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+    dataset = Dataset.from_dict({"input_ids": ids})
+    settings = dict(
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
+        local_rollout_forward_batch_size=8,
+        num_mini_batches=1,
+        num_ppo_epochs=1,
+        response_length=32,
+        stop_token="eos",
+        total_episodes=8 * iterations,
+        learning_rate=1e-5,
+        bf16=False,
+        fp16=False,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        num_sample_generations=0,
+        seed=0,
+        disable_tqdm=True,
+    )
+    return tokenizer, dataset, settings
+
+
+def _models(model_dir: str, full_value_model: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    reward = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
+    value = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32) if full_value_model else None
+    for model in (reward, value):
+        if model is not None:
+            model.config.pad_token_id = 0
+    return policy, reward, value
+
+
+def _lora():
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+
+
+def _step_callback(timer: PhaseTimer):
+    from transformers import TrainerCallback
+
+    class StepTimes(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            timer.begin()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            timer.end()
+
+    return StepTimes()
+
+
+def run_trl(model_dir: str, iterations: int) -> dict:
+    import torch
+    import trl.experimental.ppo.ppo_trainer as trl_ppo
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    timer = PhaseTimer()
+    tokenizer, dataset, settings = _workload(model_dir, iterations)
+    policy, reward, value = _models(model_dir, full_value_model=True)
+    original_generation = trl_ppo.batch_generation
+
+    def batch_generation(model, queries, *args, **kwargs):
+        query_responses, logits = original_generation(model, queries, *args, **kwargs)
+        timer.tokens += int(((query_responses[:, queries.shape[1]:] != tokenizer.pad_token_id)).sum())
+        return query_responses, logits
+
+    trl_ppo.batch_generation = timer.wrap("generate", batch_generation)
+    original_forward = trl_ppo.forward
+
+    def forward(*args, **kwargs):
+        # TRL's forward() serves the rollout's reference (no grad) and the update (with grad)
+        if torch.is_grad_enabled():
+            return original_forward(*args, **kwargs)
+        return timer.wrap("reference", original_forward)(*args, **kwargs)
+
+    trl_ppo.forward = forward
+    original_get_reward = trl_ppo.get_reward
+
+    def get_reward(model, *args, **kwargs):
+        phase = "reward" if model is reward else "values"
+        return timer.wrap(phase, original_get_reward)(model, *args, **kwargs)
+
+    trl_ppo.get_reward = get_reward
+    trainer = PPOTrainer(
+        args=PPOConfig(output_dir=os.environ["BENCH_OUT"], **settings),
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=None,
+        reward_model=reward,
+        train_dataset=dataset,
+        value_model=value,
+        peft_config=_lora(),
+        callbacks=[_step_callback(timer)],
+    )
+    trainer.train()
+    # TRL's update has no function of its own to time: it is the rest of the iteration
+    return _summary(timer, attribute_rest_to="update")
+
+
+def run_coati(model_dir: str, iterations: int, recommended: bool) -> dict:
+    import coati_hf.ppo.experience as experience
+    from coati_hf import PPOConfig, PPOTrainer
+
+    timer = PhaseTimer()
+    tokenizer, dataset, settings = _workload(model_dir, iterations)
+    policy, reward, value = _models(model_dir, full_value_model=not recommended)
+    original_generate = experience.generate_responses
+
+    def generate_responses(*args, **kwargs):
+        responses, valid = original_generate(*args, **kwargs)
+        timer.tokens += int(valid.sum())
+        return responses, valid
+
+    experience.generate_responses = timer.wrap("generate", generate_responses)
+    original_logprobs = experience.forward_logprobs
+    in_reference = [False]
+
+    def forward_logprobs(*args, **kwargs):
+        phase = "reference" if in_reference[0] else "policy_logprobs"
+        return timer.wrap(phase, original_logprobs)(*args, **kwargs)
+
+    experience.forward_logprobs = forward_logprobs
+    experience.forward_values = timer.wrap("values", experience.forward_values)
+    maker_class = experience.ExperienceMaker
+    maker_class._score = timer.wrap("reward", maker_class._score)
+    original_reference = maker_class._reference
+
+    def reference(self):
+        context = original_reference(self)
+
+        class Flagged:
+            def __enter__(self_inner):
+                in_reference[0] = True
+                return context.__enter__()
+
+            def __exit__(self_inner, *exc):
+                in_reference[0] = False
+                return context.__exit__(*exc)
+
+        return Flagged()
+
+    maker_class._reference = reference
+    PPOTrainer._optimize = timer.wrap("update", PPOTrainer._optimize)
+    trainer = PPOTrainer(
+        args=PPOConfig(output_dir=os.environ["BENCH_OUT"], **settings),
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=None,
+        reward_model=reward,
+        train_dataset=dataset,
+        value_model=value,
+        peft_config=_lora(),
+        callbacks=[_step_callback(timer)],
+    )
+    trainer.train()
+    return _summary(timer)
+
+
+def _summary(timer: PhaseTimer, attribute_rest_to: str | None = None) -> dict:
+    import resource
+
+    per_update = []
+    for seconds, phases in zip(timer.update_seconds, timer.per_update):
+        phases = {phase: phases.get(phase, 0.0) for phase in PHASES}
+        if attribute_rest_to:  # TRL's update is the rest of the iteration
+            phases[attribute_rest_to] = seconds - sum(v for k, v in phases.items() if k != attribute_rest_to)
+        phases["other"] = seconds - sum(phases[p] for p in PHASES)
+        per_update.append({"seconds": seconds, **phases})
+    return {
+        "per_update": per_update,
+        "tokens_per_update": timer.tokens_per_update,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def child(kind: str, model_dir: str, iterations: int, out: str) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    if kind == "trl":
+        result = run_trl(model_dir, iterations)
+    else:
+        result = run_coati(model_dir, iterations, recommended=(kind == "coati-recommended"))
+    Path(out).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------
+# the comparison (parent process)
+# ---------------------------------------------------------------------------------------------
+
+
+def _versions(python) -> dict:
+    code = (
+        "import json, importlib.metadata as m; print(json.dumps({n: m.version(n) for n in "
+        "('torch', 'transformers', 'trl', 'accelerate', 'peft')}))"
+    )
+    return json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def _run_child(kind: str, model_dir: str, iterations: int, workdir: Path) -> dict:
+    python = TRL_PYTHON if kind == "trl" else Path(sys.executable)
+    out = workdir / f"{kind}-{time.time_ns()}.json"
+    env = dict(os.environ, BENCH_OUT=str(workdir / kind), PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1",
+               TRL_EXPERIMENTAL_SILENCE="1", TOKENIZERS_PARALLELISM="false")  # fmt: skip
+    command = [str(python), str(Path(__file__).resolve()), "--child", kind, "--model", model_dir, "--iterations", str(iterations), "--out", str(out)]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return json.loads(out.read_text())
+
+
+def _fmt_spread(values: list[float], digits: int = 2) -> str:
+    median = statistics.median(values)
+    if len(values) == 1:
+        return f"{median:.{digits}f}"
+    return f"{median:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def table(results: dict[str, list[dict]], warmup: int) -> str:
+    """Markdown table of medians over repetitions (each repetition: the mean of its steady updates)."""
+    rows = {}
+    for kind, reps in results.items():
+        summary = defaultdict(list)
+        for rep in reps:
+            steady = rep["per_update"][warmup:]
+            tokens = rep["tokens_per_update"][warmup:]
+            for key in ("seconds", *PHASES, "other"):
+                summary[key].append(statistics.mean(u[key] for u in steady))
+            summary["tokens_per_s"].append(sum(tokens) / sum(u["generate"] for u in steady))
+            summary["rss_gib"].append(rep["peak_rss_bytes"] / GIB)
+        rows[kind] = summary
+    reference = rows.get("trl")
+    header = "| run | s / update | generate | policy log-probs | reference | values | reward | update | other | gen tok/s | peak RSS GiB | speed vs TRL | RSS vs TRL |"
+    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    for kind, summary in rows.items():
+        median = {key: statistics.median(values) for key, values in summary.items()}
+        speed = f"{statistics.median(reference['seconds']) / median['seconds']:.2f}x" if reference else "–"
+        memory = f"{median['rss_gib'] / statistics.median(reference['rss_gib']):.2f}x" if reference else "–"
+        lines.append(
+            f"| {kind} | {_fmt_spread(summary['seconds'])} | "
+            + " | ".join(f"{median[p]:.2f}" for p in PHASES)
+            + f" | {median['other']:.2f} | {median['tokens_per_s']:.0f} | {_fmt_spread(summary['rss_gib'])} | {speed} | {memory} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help="model folder (default: the converted embedded SmolLM2)")
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions of the A B C sequence")
+    parser.add_argument("--iterations", type=int, default=4, help="PPO updates per run, warm-up included")
+    parser.add_argument("--warmup", type=int, default=1, help="updates left out of the averages")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's own)")
+    args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if args.child:
+        child(args.child, args.model, args.iterations, args.out)
+        return
+    if args.iterations <= args.warmup:
+        parser.error("--iterations must exceed --warmup")
+    if "trl" in args.runs:
+        subprocess.run(["bash", str(HERE / "setup_trl112.sh")], check=True)
+    sys.path.insert(0, str(ROOT))
+    from coati_hf.models import embedded_model_dir
+
+    model_dir = args.model or str(embedded_model_dir())
+    import tempfile
+
+    results: dict[str, list[dict]] = {kind: [] for kind in args.runs}
+    with tempfile.TemporaryDirectory() as scratch:
+        for repeat in range(args.repeats):
+            for kind in args.runs:
+                started = time.time()
+                results[kind].append(_run_child(kind, model_dir, args.iterations, Path(scratch)))
+                steady = results[kind][-1]["per_update"][args.warmup:]
+                print(f"[bench] repeat {repeat + 1}/{args.repeats} {kind}: {statistics.mean(u['seconds'] for u in steady):.2f} s/update "
+                      f"({time.time() - started:.0f}s with loading)", flush=True)  # fmt: skip
+    markdown = table(results, args.warmup)
+    versions = {"coati_hf env": _versions(sys.executable)}
+    if "trl" in args.runs:
+        versions["TRL 1.12 env"] = _versions(TRL_PYTHON)
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    header = (
+        f"PPO, SmolLM2-135M-Instruct, LoRA r=16 q/k/v/o, 8 prompts x 32 new tokens, 1 epoch x 1 minibatch, fp32; "
+        f"{args.repeats} repetitions x {args.iterations - args.warmup} steady updates (after {args.warmup} warm-up); "
+        f"seconds are means per update, medians over repetitions (min–max)\n\n{stamp}; {_machine()}; "
+        + "; ".join(f"{env}: " + ", ".join(f"{k} {v}" for k, v in vers.items()) for env, vers in versions.items())
+    )
+    report = f"{header}\n\n{markdown}\n"
+    print("\n" + report)
+    results_dir = HERE / "results"
+    results_dir.mkdir(exist_ok=True)
+    name = time.strftime("%Y-%m-%d-%H%M") + "-ppo_vs_trl"
+    (results_dir / f"{name}.md").write_text(report, encoding="utf-8")
+    (results_dir / f"{name}.json").write_text(json.dumps({"header": header, "results": results}, indent=1), encoding="utf-8")
+    print(f"[bench] written to benchmarks/results/{name}.md")
+
+
+if __name__ == "__main__":
+    main()
