@@ -59,7 +59,6 @@ def config(tmp_path, **overrides) -> PPOConfig:
         logging_steps=1,
         save_strategy="no",
         num_sample_generations=0,
-        activation_checkpointing=False,
         disable_tqdm=True,
         seed=0,
     )
@@ -415,3 +414,15 @@ def test_a_bad_strategy_variable_is_named_as_such(tmp_path, tok, monkeypatch):
     monkeypatch.setenv("COATI_HF_STRATEGY", "zero9")
     with pytest.raises(ValueError, match="Unknown ColossalAI strategy 'zero9'.*environment variable COATI_HF_STRATEGY"):
         build(tmp_path, tok)
+
+
+def test_activation_checkpointing_is_off_by_default_and_really_on_when_asked(tmp_path, tok):
+    """TRL 1.12's PPO loop never switched checkpointing on, whatever its config said; coati_hf's
+    default matches what it ran, and asking for it switches it on for real."""
+    default = build(tmp_path / "default", tok, total_episodes=4)
+    assert default.args.activation_checkpointing is False
+    default.train()
+    assert not default.model.policy.is_activation_checkpointing
+    asked = build(tmp_path / "asked", tok, total_episodes=4, activation_checkpointing=True)
+    asked.train()
+    assert asked.model.policy.is_activation_checkpointing

@@ -494,7 +494,9 @@ def test_config_precision_batch_sizes_and_validation(tmp_path):
     )
     if not torch.cuda.is_available():
         assert config.bf16 is False and config.fp16 is False  # fp32 on a CPU, unlike TRL's bf16 default
-    assert config.activation_checkpointing is True  # TRL's gradient-checkpointing default
+    # TRL 1.12's config said gradient_checkpointing=True but its PPO loop never switched it on: off here too
+    assert config.activation_checkpointing is False
+    assert PPOConfig(output_dir=str(tmp_path), gradient_checkpointing=True).activation_checkpointing is True
     assert (config.world_size, config.local_batch_size, config.micro_batch_size, config.batch_size) == (1, 8, 4, 8)
     assert (config.mini_batch_size, config.local_mini_batch_size) == (2, 2)
     assert config.experience_batch_size == 4 and config.ptx_batch_size == 4

@@ -3,12 +3,16 @@
 Code written for ``trl.experimental.ppo.PPOConfig`` (TRL <= 1.12) keeps working after an
 import change: every field of it exists here with the same name, default and meaning, and the
 TRL-wide overrides of ``TrainingArguments`` defaults are the same (``logging_steps=10``,
-gradient checkpointing on, ``learning_rate=3e-6``). Gradient checkpointing is switched on
-through transformers 5's ``activation_checkpointing`` (``gradient_checkpointing`` is its
-deprecated alias, still honoured when set). ``exp_name`` from TRL's older ``OnPolicyConfig``
-is accepted too.
+``learning_rate=3e-6``). ``exp_name`` from TRL's older ``OnPolicyConfig`` is accepted too.
 
-Two deliberate differences from TRL:
+Three deliberate differences from TRL:
+
+- Activation (gradient) checkpointing is off unless asked for. TRL 1.12's ``PPOConfig``
+  declared ``gradient_checkpointing=True``, but its PPO loop (which replaces
+  ``Trainer.train``, where transformers switches checkpointing on) never enabled it: TRL's
+  PPO runs trained without it. coati_hf's default is what those runs did; set
+  ``activation_checkpointing=True`` (or the deprecated ``gradient_checkpointing=True``) and it
+  is really switched on, trading a second forward pass of the actor for its activations.
 
 - ``bf16`` left unset means "bf16 where the hardware trains in it (a CUDA device with bf16),
   else fp32", not TRL's unconditional bf16 (which stops CPU users before training starts).
@@ -57,8 +61,8 @@ class PPOConfig(CoatiArgumentsMixin, TrainingArguments):
     plus Coati's). Parse it from the command line with ``HfArgumentParser``.
 
     Defaults that differ from ``TrainingArguments`` (as in TRL): ``learning_rate=3e-6``,
-    ``logging_steps=10``, gradient (activation) checkpointing on unless either name is set,
-    ``bf16=None`` (resolved to what the hardware supports).
+    ``logging_steps=10``; ``bf16=None`` (resolved to what the hardware supports); activation
+    checkpointing off unless either of its names is set (what TRL 1.12's PPO loop did).
     """
 
     # ---- TrainingArguments defaults overridden as in TRL ---------------------------------------
@@ -284,11 +288,10 @@ class PPOConfig(CoatiArgumentsMixin, TrainingArguments):
 
     def __post_init__(self):
         # bf16=None is resolved by CoatiArgumentsMixin (bf16 only where the hardware supports it).
-        # TRL turns gradient checkpointing on by default. transformers 5 renamed it `activation_checkpointing`
-        # (the old name is a deprecated alias), so the default goes on the new name and either name set by the
-        # user wins.
+        # Off unless asked for under either name (transformers 5's `activation_checkpointing`, or the deprecated
+        # `gradient_checkpointing`): TRL 1.12's PPO loop never enabled it, whatever its config said.
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
-            self.activation_checkpointing = True
+            self.activation_checkpointing = False
         self._validate_ppo_fields()
         world_size = self.world_size
         # TRL declares `world_size` as a field, which hides TrainingArguments' property of the same name; the
