@@ -310,8 +310,8 @@ def test_the_loss_is_the_ptx_blend_plus_the_value_term(tmp_path, tok, monkeypatc
         captured.setdefault("outputs", outputs)
         return outputs
 
-    def micro_batch_loss(self, model, micro, ptx):
-        loss, parts = original_loss(self, model, micro, ptx)
+    def micro_batch_loss(self, outputs, micro):
+        loss, parts = original_loss(self, outputs, micro)
         captured.setdefault("micro", micro)
         captured.setdefault("loss", float(loss.detach()))
         return loss, parts
@@ -345,12 +345,12 @@ def test_reward_whitening_spans_the_whole_rollout(tmp_path, tok, monkeypatch):
     monkeypatch.setattr(ReplayBuffer, "iter_minibatches", iter_minibatches)
     trainer = build(
         tmp_path, tok, whiten_rewards=True, whiten_advantages=False, experience_batch_size=4,
-        per_device_train_batch_size=8, total_episodes=8,
+        per_device_train_batch_size=8, total_episodes=8, num_ppo_epochs=2,  # 2 epochs: the general path
     )  # fmt: skip
     original_make = trainer.experience_maker.make_experience
 
-    def make_experience(prompts):
-        experience = original_make(prompts)
+    def make_experience(prompts, **kwargs):
+        experience = original_make(prompts, **kwargs)
         raw.append(experience)
         return experience
 
@@ -426,3 +426,42 @@ def test_activation_checkpointing_is_off_by_default_and_really_on_when_asked(tmp
     asked = build(tmp_path / "asked", tok, total_episodes=4, activation_checkpointing=True)
     asked.train()
     assert asked.model.policy.is_activation_checkpointing
+
+
+def test_the_single_pass_update_is_the_general_one_with_fewer_forwards(tmp_path, tok, monkeypatch):
+    """One epoch, one minibatch, one micro-batch: the rollout leaves the policy's log-probs and
+    the critic's values to the update's forward. The metrics and the trained weights are those
+    of the general path (which computes them twice), with one critic forward per update instead
+    of two; reward whitening and PTX included."""
+    from coati_hf.data import load_sample
+    from coati_hf.ppo import experience as experience_module
+
+    runs = {}
+    for name, single in (("general", False), ("single", True)):
+        calls = {"values": 0}
+        original_values = experience_module.forward_values
+
+        def counted(*args, _original=original_values, _calls=calls, **kwargs):
+            _calls["values"] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(experience_module, "forward_values", counted)
+        monkeypatch.setattr(trainer_module, "forward_values", counted)
+        monkeypatch.setattr(PPOTrainer, "_single_pass", lambda self, _single=single: _single)
+        trainer = build(
+            tmp_path / name, tok, whiten_rewards=True, ptx_coef=0.2, pretrain_dataset=load_sample("pretrain"),
+            ptx_batch_size=2, total_episodes=8,
+        )  # fmt: skip
+        trainer.train()
+        runs[name] = (step_logs(trainer), weights(trainer.model), calls["values"])
+    (general_logs, general_weights, general_calls), (single_logs, single_weights, single_calls) = runs["general"], runs["single"]
+    assert (general_calls, single_calls) == (4, 2)  # 2 updates: rollout + update, or the update alone
+    for general, single in zip(general_logs, single_logs, strict=True):
+        for key, value in general.items():
+            if key in ("eps",) or not isinstance(value, float):
+                continue
+            assert single[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    # Adam divides by sqrt(v): weights whose gradient is ~0 can move by rounding-level amounts (1e-6) when the
+    # rollout's no-grad forward and the update's differ in their last bit; lr is 1e-3
+    for name in general_weights:
+        torch.testing.assert_close(single_weights[name], general_weights[name], rtol=1e-4, atol=1e-5)

@@ -261,9 +261,9 @@ def _capture_buffers(trainer):
     captured = []
     original = trainer._optimize
 
-    def spy(model, buffer, ptx_batches):
+    def spy(model, buffer, *args):
         captured.append(buffer.collate())
-        return original(model, buffer, ptx_batches)
+        return original(model, buffer, *args)
 
     trainer._optimize = spy
     return captured

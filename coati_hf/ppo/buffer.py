@@ -83,7 +83,7 @@ class ReplayBuffer:
 
     def _replace_all(self, collated: Experience, **changes) -> None:
         """Hold one experience: ``collated`` with ``changes`` (the parts' infos are kept)."""
-        merged = replace(collated, info={"parts": self._flat_infos()}, **changes)
+        merged = replace(collated, info={"parts": self.part_infos()}, **changes)
         self._parts = [merged]
         self._collated = merged
 
@@ -102,8 +102,9 @@ class ReplayBuffer:
         zeroed = {name: torch.zeros_like(getattr(filler, name)) for name in Experience.TOKEN_FIELDS}
         self.append(replace(filler, info={}, **zeroed))
 
-    def _flat_infos(self) -> list[dict]:
-        """Every appended experience's own ``info``, however often the buffer was collated."""
+    def part_infos(self) -> list[dict]:
+        """Every appended experience's own ``info``, however often the buffer was collated
+        (fillers carry an empty one)."""
         flat, pending = [], list(self.infos)
         while pending:
             info = pending.pop(0)
@@ -116,7 +117,7 @@ class ReplayBuffer:
     def merged_info(self) -> dict:
         """The ``info`` of every stored experience combined: means weighted by sample count,
         ``num_*`` counts summed, the latest ``kl_coef``; filler rows carry no info."""
-        flat = [info for info in self._flat_infos() if info]
+        flat = [info for info in self.part_infos() if info]
         total = sum(info["num_samples"] for info in flat)
         merged = {}
         for key in flat[0]:

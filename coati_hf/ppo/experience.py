@@ -324,9 +324,18 @@ class ExperienceMaker:
     # -- public entry point ------------------------------------------------------------------
 
     @torch.no_grad()
-    def make_experience(self, prompts: Sequence[str] | Mapping[str, torch.Tensor]) -> Experience:
+    def make_experience(
+        self, prompts: Sequence[str] | Mapping[str, torch.Tensor], *, evaluate_policy_and_critic: bool = True
+    ) -> Experience:
         """Generate, score and evaluate responses to ``prompts`` (chat-formatted strings, or a
-        mapping with ``input_ids`` and ``attention_mask``, any padding side)."""
+        mapping with ``input_ids`` and ``attention_mask``, any padding side).
+
+        ``evaluate_policy_and_critic=False`` stops after the reward scores and the reference
+        log-probs: ``logprobs``, ``values`` and everything derived from them (``kl``,
+        ``rewards``, ``advantages``, ``returns``) are left at 0 for :meth:`complete` to fill in
+        from log-probs and values computed elsewhere (the trainer's single-pass update computes
+        them once, with gradients, instead of twice).
+        """
         config = self.config
         pad_id = self.pad_token_id
         chunk = config.local_rollout_forward_batch_size
@@ -370,16 +379,38 @@ class ExperienceMaker:
             if config.missing_eos_penalty is not None:
                 scores = scores - config.missing_eos_penalty * (~has_stop).float()
 
-            # 4. log-probs and values
-            logprobs = self._chunked(
-                lambda s, m: forward_logprobs(self.policy, s, m, prompt_length, config.temperature),
-                sequences, attention_mask, chunk, device,
-            )
+            # 4. log-probs (reference; policy) and values
             with self._reference() as reference:
                 ref_logprobs = self._chunked(
                     lambda s, m: forward_logprobs(reference, s, m, prompt_length, config.temperature),
                     sequences, attention_mask, chunk, _device_of(reference),
                 ).to(device)
+            zero = torch.zeros((), device=device)
+            ref_logprobs = torch.where(action_mask, ref_logprobs, zero)
+            placeholder = torch.zeros_like(ref_logprobs)
+            experience = Experience(
+                sequences=sequences,
+                attention_mask=attention_mask,
+                action_mask=action_mask,
+                logprobs=placeholder,
+                ref_logprobs=ref_logprobs,
+                values=placeholder,
+                rewards=placeholder,
+                advantages=placeholder,
+                returns=placeholder,
+                kl=placeholder,
+                scores=scores,
+                has_stop=has_stop,
+                prompt_length=prompt_length,
+                pad_token_id=pad_id,
+                info={"num_nan_scores": num_bad, "num_truncated_prompts": num_truncated},
+            )
+            if not evaluate_policy_and_critic:
+                return experience
+            logprobs = self._chunked(
+                lambda s, m: forward_logprobs(self.policy, s, m, prompt_length, config.temperature),
+                sequences, attention_mask, chunk, device,
+            )
             if self.critic is not None:
                 values = self._chunked(
                     lambda s, m: forward_values(self.critic, s, m, prompt_length, config.value_at),
@@ -387,61 +418,78 @@ class ExperienceMaker:
                 ).to(device)
             else:
                 values = torch.zeros_like(logprobs)
-            zero = torch.zeros((), device=device)
-            logprobs = torch.where(action_mask, logprobs, zero)
-            ref_logprobs = torch.where(action_mask, ref_logprobs, zero)
-            values = torch.where(action_mask, values, zero)
+        return self.complete(experience, logprobs, values)
 
-            # 5. rewards and advantages
-            kl_coef = float(self.kl_controller.value)
-            kl = torch.where(action_mask, kl_penalty(logprobs, ref_logprobs, config.kl_estimator), zero)
-            rewards = shape_rewards(scores, kl, action_mask, kl_coef, config.reward_placement, config.score_clip)
-            if config.whiten_rewards:
-                rewards = masked_whiten(rewards, action_mask, shift_mean=False)
-            advantages, returns = compute_gae(rewards, values, action_mask, config.gamma, config.lam)
-            # a finite but huge score can still overflow once summed into rewards and returns
-            finite = torch.isfinite(rewards).all(dim=-1) & torch.isfinite(returns).all(dim=-1)
-            finite &= torch.isfinite(advantages).all(dim=-1)
-            dropped = _count_dropped(finite, "reward, return or advantage")
-            if dropped:
-                num_bad += dropped
-                sequences, attention_mask, action_mask = sequences[finite], attention_mask[finite], action_mask[finite]
-                scores, has_stop, logprobs, ref_logprobs = scores[finite], has_stop[finite], logprobs[finite], ref_logprobs[finite]
-                values, kl, rewards = values[finite], kl[finite], rewards[finite]
-                advantages, returns = advantages[finite], returns[finite]
-            if getattr(config, "whiten_advantages", True):
-                advantages = masked_whiten(advantages, action_mask)
+    @torch.no_grad()
+    def complete(
+        self,
+        experience: Experience,
+        logprobs: torch.Tensor,
+        values: torch.Tensor,
+        *,
+        whiten_rewards: bool | None = None,
+        whiten_advantages: bool | None = None,
+    ) -> Experience:
+        """Step 5: KL-shaped rewards, GAE and ``info`` for ``experience`` (from
+        :meth:`make_experience`), given its rows' policy log-probs and critic values ``(B, R)``.
 
-        non_score = masked_sum(-kl_coef * kl, action_mask, dim=-1)
+        Rows whose rewards, returns or advantages overflow are masked out (no action token left:
+        every loss and statistic ignores them) and counted in ``info["num_nan_scores"]``. Rows
+        without action tokens (fillers) take no part in the statistics. ``whiten_rewards`` and
+        ``whiten_advantages`` default to the config's (a trainer that whitens a whole buffer at
+        once turns them off here).
+        """
+        config, mask = self.config, experience.action_mask
+        whiten_rewards = config.whiten_rewards if whiten_rewards is None else whiten_rewards
+        if whiten_advantages is None:
+            whiten_advantages = getattr(config, "whiten_advantages", True)
+        zero = torch.zeros((), device=logprobs.device)
+        logprobs, values = torch.where(mask, logprobs.float(), zero), torch.where(mask, values.float(), zero)
+        ref_logprobs, scores = experience.ref_logprobs, experience.scores
+        kl_coef = float(self.kl_controller.value)
+        kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, config.kl_estimator), zero)
+        rewards = shape_rewards(scores, kl, mask, kl_coef, config.reward_placement, config.score_clip)
+        if whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = compute_gae(rewards, values, mask, config.gamma, config.lam)
+        # a finite but huge score can still overflow once summed into rewards and returns
+        finite = torch.isfinite(rewards).all(dim=-1) & torch.isfinite(returns).all(dim=-1)
+        finite &= torch.isfinite(advantages).all(dim=-1)
+        dropped = _count_dropped(finite | ~mask.any(dim=-1), "reward, return or advantage")
+        if dropped:
+            mask = mask & finite.unsqueeze(-1)
+            logprobs, values, kl = (torch.where(mask, t, zero) for t in (logprobs, values, kl))
+            rewards, advantages, returns = (torch.where(mask, t, zero) for t in (rewards, advantages, returns))
+        if whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+
+        rows = mask.any(dim=-1)  # real samples (not fillers, not masked out)
+        non_score = masked_sum(-kl_coef * kl, mask, dim=-1)[rows]
+        row_scores = scores[rows]
         info = {
-            "kl": float(masked_sum(kl, action_mask, dim=-1).mean()),
-            "kl_k3": float(masked_sum(kl_penalty(logprobs, ref_logprobs, "k3"), action_mask, dim=-1).mean()),
+            "kl": float(masked_sum(kl, mask, dim=-1)[rows].mean()),
+            "kl_k3": float(masked_sum(kl_penalty(logprobs, ref_logprobs, "k3"), mask, dim=-1)[rows].mean()),
             "kl_coef": kl_coef,
-            "entropy": float(masked_sum(-logprobs, action_mask, dim=-1).mean()),
-            "score": float(scores.mean()),
+            "entropy": float(masked_sum(-logprobs, mask, dim=-1)[rows].mean()),
+            "score": float(row_scores.mean()),
             "non_score_reward": float(non_score.mean()),
-            "rlhf_reward": float((non_score + scores).mean()),
-            "response_length": float(action_mask.sum(dim=-1).float().mean()),
-            "num_samples": len(scores),
-            "num_no_stop": int((~has_stop).sum()),
-            "num_nan_scores": num_bad,
-            "num_truncated_prompts": num_truncated,
+            "rlhf_reward": float((non_score + row_scores).mean()),
+            "response_length": float(mask.sum(dim=-1)[rows].float().mean()),
+            "num_samples": int(rows.sum()),
+            "num_no_stop": int((~experience.has_stop[rows]).sum()),
+            "num_nan_scores": int(experience.info.get("num_nan_scores", 0)) + dropped,
+            "num_truncated_prompts": int(experience.info.get("num_truncated_prompts", 0)),
         }
-        return Experience(
-            sequences=sequences,
-            attention_mask=attention_mask,
-            action_mask=action_mask,
+        return replace(
+            experience,
+            action_mask=mask,
+            attention_mask=torch.cat([experience.attention_mask[:, : experience.prompt_length], mask.long()], dim=1),
             logprobs=logprobs,
-            ref_logprobs=ref_logprobs,
             values=values,
+            kl=kl,
             rewards=rewards,
             advantages=advantages,
             returns=returns,
-            kl=kl,
-            scores=scores,
-            has_stop=has_stop,
-            prompt_length=prompt_length,
-            pad_token_id=pad_id,
             info=info,
         )
 

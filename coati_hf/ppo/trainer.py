@@ -15,6 +15,11 @@ One update (``global_step``) of the loop, top to bottom::
 
 The math of each term lives in :mod:`coati_hf.ppo.losses`, :mod:`.advantages` and :mod:`.kl`.
 
+When the update is a single pass (one epoch, one minibatch, no accumulation) the rollout skips
+the actor's and the critic's forward passes: the update's forward computes logπ and V once, with
+gradients, and :meth:`~coati_hf.ppo.experience.ExperienceMaker.complete` turns them into
+rewards and advantages before the loss (ratio exactly 1, as the general path's first pass).
+
 Roles and memory. ``model`` is the actor. ``ref_model=None``: a frozen copy of it, or, with
 ``peft_config``, the actor with its adapter disabled. ``value_model=None``: a critic initialised
 from the reward model (Coati), or from the actor's backbone when the reward is a Python callable;
@@ -262,20 +267,21 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
             rows = [self.train_dataset[int(i)] for i in batcher.batch(update - 1)]
             self.model.eval()
+            single_pass = self._single_pass()
             with accelerator.autocast():  # the same precision as the update, or ratios start off 1
                 for start in range(0, len(rows), args.experience_batch_size):
                     chunk = self.data_collator([{"input_ids": r["input_ids"]} for r in rows[start : start + args.experience_batch_size]])
-                    buffer.append(self.experience_maker.make_experience(chunk))
+                    buffer.append(self.experience_maker.make_experience(chunk, evaluate_policy_and_critic=not single_pass))
             buffer.refill_to(args.local_batch_size)
             # Whitening statistics span the whole local rollout batch, as in TRL (not one chunk).
-            if args.whiten_rewards:
+            if args.whiten_rewards and not single_pass:
                 buffer.whiten_rewards(args.gamma, args.lam)
-            if args.whiten_advantages:
+            if args.whiten_advantages and not single_pass:
                 buffer.whiten_advantages()
             self.model.train()
             learning_rate = self.lr_scheduler.get_last_lr()[0]  # the rate this update trains with
-            stats = self._optimize(model, buffer, self._ptx_batches(update))
-            rollout = buffer.merged_info()
+            stats = self._optimize(model, buffer, self._ptx_batches(update), single_pass)
+            rollout = self._single_pass_info(buffer, stats.pop("completed")) if single_pass else buffer.merged_info()
             buffer.clear()
             check_finite_weights(self.accelerator.unwrap_model(model), f"update {update}", trainable_only=True)
 
@@ -298,7 +304,25 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
         self.control = self.callback_handler.on_train_end(args, self.state, self.control)
         return TrainOutput(self.state.global_step, metrics.get("loss/policy_avg", float("nan")), metrics)
 
-    def _optimize(self, model, buffer: ReplayBuffer, ptx_batches) -> dict[str, list[float]]:
+    def _single_pass(self) -> bool:
+        """Whether the update is one optimizer step on one micro-batch holding the whole local
+        rollout batch (one PPO epoch, one minibatch, no accumulation). Then the rollout skips the
+        policy's and the critic's forward passes: the update's own forward, with gradients, gives
+        exactly the same log-probs and values (ratio 1, value unchanged) and serves both."""
+        args = self.args
+        return args.num_ppo_epochs == 1 and args.num_mini_batches == 1 and args.gradient_accumulation_steps == 1
+
+    def _single_pass_info(self, buffer: ReplayBuffer, completed: list[dict]) -> dict:
+        """The rollout's info when :meth:`_single_pass` completed the experience in the update:
+        the completed statistics plus the counts the rollout recorded (dropped rows, truncated
+        prompts)."""
+        info = dict(completed[0])
+        for part in buffer.part_infos():
+            info["num_nan_scores"] += part.get("num_nan_scores", 0)
+            info["num_truncated_prompts"] += part.get("num_truncated_prompts", 0)
+        return info
+
+    def _optimize(self, model, buffer: ReplayBuffer, ptx_batches, single_pass: bool = False) -> dict[str, list]:
         """``num_ppo_epochs`` passes of ``num_mini_batches`` optimizer steps over the buffer.
 
         A minibatch is split into micro-batches of ``per_device_train_batch_size`` rows whose
@@ -312,9 +336,15 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
         is reduced over ranks so all of them skip it alike). A step whose accumulated gradient
         norm is not finite is not taken. Both are counted (``ppo/skipped_updates``,
         ``ppo/skipped_steps``).
+
+        ``single_pass`` (see :meth:`_single_pass`): the buffer's experiences lack the policy's
+        log-probs and the critic's values; the one micro-batch's forward provides them and
+        :meth:`ExperienceMaker.complete` turns them into rewards and advantages (whitened over
+        the whole batch, which this micro-batch is) before the loss. Its info is returned
+        under ``"completed"``.
         """
         args, accelerator = self.args, self.accelerator
-        stats: dict[str, list[float]] = defaultdict(list)
+        stats: dict[str, list] = defaultdict(list)
         device = accelerator.device
         trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
         max_norm = args.max_grad_norm if args.max_grad_norm else float("inf")  # inf: measure, do not clip
@@ -327,7 +357,15 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
                 micro = micro.to(device)
                 with accelerator.accumulate(model):
                     ptx = next(ptx_batches) if ptx_batches is not None else None
-                    loss, parts = self._micro_batch_loss(model, micro, ptx)
+                    outputs = self._forward(model, micro, ptx)
+                    if single_pass:
+                        logprobs, _, values, _ = outputs
+                        micro = self.experience_maker.complete(
+                            micro, logprobs.detach(), values.detach(),
+                            whiten_rewards=args.whiten_rewards, whiten_advantages=args.whiten_advantages,
+                        )  # fmt: skip
+                        stats["completed"].append(micro.info)
+                    loss, parts = self._micro_batch_loss(outputs, micro)
                     reason = self._skip_reason(loss, parts["ratio"])
                     if reason is None:
                         for name, value in parts.items():
@@ -352,21 +390,27 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
                         self.optimizer.zero_grad()
         return stats
 
-    def _micro_batch_loss(self, model, micro, ptx) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss of one micro-batch and its parts (floats, for logging)::
-
-            L = (1 - ptx_coef) * L_clip + ptx_coef * L_ptx + vf_coef * L_V
-        """
-        args, device = self.args, self.accelerator.device
-        logprobs, entropy, values, ptx_loss = model(
+    def _forward(self, model, micro, ptx):
+        """``(logprobs, entropy, values, ptx_loss)`` of a micro-batch, with gradients (see
+        :class:`PolicyAndValueWrapper`)."""
+        device = self.accelerator.device
+        return model(
             sequences=micro.sequences,
             attention_mask=micro.attention_mask,
             prompt_length=micro.prompt_length,
-            temperature=args.temperature,
-            value_at=args.value_at,
+            temperature=self.args.temperature,
+            value_at=self.args.value_at,
             ptx_input_ids=None if ptx is None else ptx["input_ids"].to(device),
             ptx_attention_mask=None if ptx is None else ptx["attention_mask"].to(device),
         )
+
+    def _micro_batch_loss(self, outputs, micro) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one micro-batch from its forward ``outputs``, and its parts (floats)::
+
+            L = (1 - ptx_coef) * L_clip + ptx_coef * L_ptx + vf_coef * L_V
+        """
+        args = self.args
+        logprobs, entropy, values, ptx_loss = outputs
         pg_loss, pg_stats = policy_loss(
             logprobs, micro.logprobs, micro.advantages, micro.action_mask, args.cliprange, args.policy_loss_reduction
         )
