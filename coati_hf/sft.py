@@ -181,6 +181,6 @@ def _with_assistant_masks(dataset, tokenizer, dataset_name: str):
             return tokenize_conversation(tokenizer, row["messages"], **kwargs)
         return tokenize_conversation(tokenizer, row["prompt"] + row["completion"], prompt=row["prompt"], **kwargs)
 
-    columns = list(dataset.column_names or [])
+    columns = list(dataset.column_names or next(iter(dataset)))
     kwargs = {"desc": f"Tokenizing {dataset_name} conversations with assistant masks"} if isinstance(dataset, datasets.Dataset) else {}
     return dataset.map(tokenize, remove_columns=columns, **kwargs)

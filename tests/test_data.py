@@ -584,3 +584,23 @@ def test_require_chat_template_is_one_clear_error(smol_tokenizer):
         require_chat_template(tokenizer, "eval", {"prompt": [U("q")], "completion": [A("a")]})
     with pytest.raises(ValueError, match="chat_template_path"):
         require_chat_template(tokenizer, "prompts")
+
+
+def test_prompt_sample_is_conversational_so_it_reads_as_chat():
+    # A string prompt would be plain text (TRL's standard format); the shipped prompts are messages.
+    first = json.loads(sample_path("prompts").read_text(encoding="utf-8").splitlines()[0])
+    assert first["prompt"][0]["role"] == "user" and len(first["prompt"]) == 1
+    assert all(row[-1]["role"] == "user" for row in load_sample("prompts")["prompt"])
+
+
+def test_to_trl_dataset_reads_a_stream_that_does_not_know_its_columns():
+    from coati_hf.data import to_trl_dataset
+
+    def rows():
+        yield {"chosen": "The sky is blue.", "rejected": "The sky is green."}
+
+    stream = datasets.IterableDataset.from_generator(rows)
+    assert stream.column_names is None
+    assert to_trl_dataset(stream, "preference") == (stream, "trl")
+    coati = datasets.IterableDataset.from_generator(lambda: iter(PAIRS))
+    assert list(to_trl_dataset(coati, "preference")[0]) == PAIRS_OUT

@@ -111,10 +111,10 @@ def to_trl_dataset(dataset: Any, target: str, *, strings_as_chat: bool = False, 
         return dataset, "trl"
     if not is_dataset:
         return _load(dataset, "auto", "train", "raise", target, strings_as_chat, text_column, with_format=True)
-    columns = list(dataset.column_names or [])
     first = next(iter(dataset), None)
     if first is None:
         return dataset, "trl"
+    columns = list(dataset.column_names or first)  # a streamed dataset may not know its columns before reading
     if trl_reads(columns, first, target, text_column) and not (strings_as_chat and _has_strings(first)):
         return dataset, "trl"
     fmt = detect_format(columns, first, text_column)
