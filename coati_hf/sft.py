@@ -25,6 +25,7 @@ order, same dataset formats, TRL's own preparation of them), and adds:
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -172,9 +173,7 @@ def _with_assistant_masks(dataset, tokenizer, dataset_name: str):
 
     def tokenize(row):
         tools = row.get("tools")
-        if isinstance(tools, str):
-            import json
-
+        if isinstance(tools, str):  # TRL accepts tools as a JSON string too
             tools = json.loads(tools)
         kwargs = {"tools": tools, **(row.get("chat_template_kwargs") or {})}
         if "messages" in row:

@@ -95,9 +95,12 @@ def prepare_pad_token(tokenizer, model, *, role: str, allow_eos_padding: bool | 
     trains on such tokenizers, so coati_hf does too), ``False`` raises a ValueError that says
     how to add a pad token (where reading at EOS is required).
     """
+    from transformers import ProcessorMixin
+
     from .models import ensure_pad_token
 
-    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor pads with its tokenizer
+    if isinstance(tokenizer, ProcessorMixin):  # a processor pads with its tokenizer
+        tokenizer = tokenizer.tokenizer
     had_pad = tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
     ensure_pad_token(tokenizer, model)
     if tokenizer.pad_token_id == tokenizer.eos_token_id and allow_eos_padding is not True:

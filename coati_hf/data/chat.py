@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import ChatTemplateError
-from .formats import is_messages
+from .formats import is_from_value, is_messages
 
 CONVERSATIONAL_KEYS = ("prompt", "completion", "chosen", "rejected", "messages", "conversations")
 
@@ -14,11 +14,7 @@ CONVERSATIONAL_KEYS = ("prompt", "completion", "chosen", "rejected", "messages",
 def is_conversational(example: Mapping[str, Any]) -> bool:
     """True when a row holds messages (``{"role", ...}``, or ShareGPT's ``{"from", "value"}``) that a
     chat template renders; False for text rows (standard format) and tokenized ones."""
-    for key in CONVERSATIONAL_KEYS:
-        value = example.get(key)
-        if is_messages(value) or (isinstance(value, list) and value and isinstance(value[0], Mapping) and "from" in value[0]):
-            return True
-    return False
+    return any(is_messages(example.get(key)) or is_from_value(example.get(key)) for key in CONVERSATIONAL_KEYS)
 
 
 def require_chat_template(tokenizer, dataset_name: str, example: Mapping[str, Any] | None = None) -> None:
@@ -33,7 +29,9 @@ def require_chat_template(tokenizer, dataset_name: str, example: Mapping[str, An
     """
     if example is not None and not is_conversational(example):
         return
-    inner = getattr(tokenizer, "tokenizer", None)
+    from transformers import ProcessorMixin
+
+    inner = tokenizer.tokenizer if isinstance(tokenizer, ProcessorMixin) else None
     if getattr(tokenizer, "chat_template", None) or getattr(inner, "chat_template", None):
         return
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__

@@ -105,7 +105,7 @@ def is_messages(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and isinstance(value[0], Mapping) and value[0].get("role") is not None
 
 
-def _is_from_value(value: Any) -> bool:
+def is_from_value(value: Any) -> bool:
     """TRL's ShareGPT shape: messages keyed ``from``/``value``."""
     return isinstance(value, list) and bool(value) and isinstance(value[0], Mapping) and "from" in value[0] and "value" in value[0]
 
@@ -133,7 +133,7 @@ def detect_format(columns: Iterable[str], example: Mapping[str, Any] | None = No
     if "messages" in cols:
         return "trl" if is_messages(ex.get("messages")) else "coati_conversation"
     if "conversations" in cols:
-        return "trl" if _is_from_value(ex.get("conversations")) else "coati_conversation"
+        return "trl" if is_from_value(ex.get("conversations")) else "coati_conversation"
     if "prompt" in cols:
         return "trl"
     if "instruction" in cols:
@@ -157,7 +157,7 @@ def trl_reads(columns: Iterable[str], example: Mapping[str, Any], target: str, t
     if target == "sft":
         if "input_ids" in cols or isinstance(example.get(text_column), str):
             return True
-        if is_messages(example.get("messages")) or _is_from_value(example.get("conversations")):
+        if is_messages(example.get("messages")) or is_from_value(example.get("conversations")):
             return True
         return {"prompt", "completion"} <= cols and _text_or_messages(example.get("prompt"))
     if target == "preference":

@@ -123,10 +123,12 @@ def _read_file(path: Path, name: str, on_error: str) -> SourceRows:
     return out.finish()
 
 
-def _not_utf8(name: str, line_no: int, err: UnicodeDecodeError) -> DataFormatError:
-    byte = err.object[err.start : err.start + 1].hex()
+def _not_utf8(name: str, line_no: int, line: bytes, column: int) -> DataFormatError:
+    """The error for byte ``column`` (0-based) of ``line`` that does not decode as UTF-8."""
     return DataFormatError(
-        f"not valid UTF-8 (byte 0x{byte} at column {err.start + 1}); save the file as UTF-8", source=name, line=line_no
+        f"not valid UTF-8 (byte 0x{line[column:column + 1].hex()} at column {column + 1}); save the file as UTF-8",
+        source=name,
+        line=line_no,
     )
 
 
@@ -143,7 +145,7 @@ def _decoded_lines(path: Path, out: SourceRows, on_error: str) -> list[tuple[int
         try:
             lines.append((line_no, raw.decode("utf-8")))
         except UnicodeDecodeError as err:
-            out.report(_not_utf8(out.name, line_no, err), on_error)
+            out.report(_not_utf8(out.name, line_no, raw, err.start), on_error)
     return lines
 
 
@@ -155,11 +157,10 @@ def _read_json(path: Path, out: SourceRows, on_error: str) -> None:
         if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):  # JSON Lines with a .json name: line by line
             _parse_jsonl(_decoded_lines(path, out, on_error), out, on_error)
             return
-        line_no = data[: err.start].count(b"\n") + 1
         line_start = data.rfind(b"\n", 0, err.start) + 1
-        err.start -= line_start  # column within the line
-        err.object = data[line_start:]
-        raise _not_utf8(out.name, line_no, err) from None  # one JSON document: no line can be left out
+        line_no = data.count(b"\n", 0, err.start) + 1
+        # One JSON document: no line can be left out, so this is an error in both modes.
+        raise _not_utf8(out.name, line_no, data[line_start:], err.start - line_start) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
