@@ -58,7 +58,9 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
     policy, tokenizer = load_causal_lm(EMBEDDED_MODEL_NAME)
     sft = SFTTrainer(
         model=policy,
-        args=SFTConfig(output_dir=str(output / "sft"), max_steps=steps, per_device_train_batch_size=4, learning_rate=2e-4, max_length=192, **common),
+        # Coati's per-turn loss on its conversations: every assistant turn learned, user/system turns masked.
+        args=SFTConfig(output_dir=str(output / "sft"), max_steps=steps, per_device_train_batch_size=4, learning_rate=2e-4,
+                       max_length=192, assistant_only_loss=True, **common),
         train_dataset=load_sample("sft"),
         processing_class=tokenizer,
         peft_config=_lora("CAUSAL_LM"),

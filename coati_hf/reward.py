@@ -25,18 +25,21 @@ import torch
 import torch.nn.functional as F
 import trl
 
-from .data import load_preference_dataset
-from .metrics import load_metric
-from .models import load_sequence_classifier
 from .colossalai import ColossalAIMixin
 from .hub.trainer_mixin import AtomicCheckpointMixin, HubExportMixin
+from .data import require_chat_template, to_trl_dataset
+from .metrics import load_metric
+from .models import init_value_head
 from .trainer_common import (
     CoatiArgumentsMixin,
+    DataArgumentsMixin,
+    as_coati_config,
+    bind_trl_arguments,
     coati_tags,
-    convert_datasets,
     prepare_pad_token,
+    processing_class_like_trl,
     report_dropped_rows,
-    resolve_model_and_tokenizer,
+    resolve_model_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,7 +67,7 @@ def pairwise_ranking_loss(
 
 
 @dataclass
-class RewardConfig(CoatiArgumentsMixin, trl.RewardConfig):
+class RewardConfig(CoatiArgumentsMixin, DataArgumentsMixin, trl.RewardConfig):
     """``trl.RewardConfig`` plus Coati's choice of ranking loss.
 
     Precision defaults to bf16 only where the hardware supports it (fp32 on a CPU).
@@ -82,13 +85,21 @@ class RewardConfig(CoatiArgumentsMixin, trl.RewardConfig):
 
 
 class RewardTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, trl.RewardTrainer):
-    """``trl.RewardTrainer`` that reads Coati's preference formats and uses Coati's losses.
+    """``trl.RewardTrainer`` that also reads Coati's preference formats and uses Coati's losses.
 
-    - ``model`` may be a model, a Hub name, a local folder or ``"embedded:SmolLM2-135M-Instruct"``;
-      a new value head is initialised as Coati does (N(0, 1/(hidden+1))).
-    - ``train_dataset`` / ``eval_dataset`` may be a path or any format of
-      :func:`coati_hf.data.load_preference_dataset`.
-    - Pairs longer than ``max_length`` are dropped with a logged count (TRL drops them silently).
+    It takes everything ``trl.RewardTrainer`` takes, with the same meaning, and adds:
+
+    - ``model`` may also be ``"embedded:SmolLM2-135M-Instruct"``; a new value head (a checkpoint
+      without one) is initialised as Coati does (N(0, 1/(hidden+1))). ``args`` may be ``None``,
+      a ``TrainingArguments`` or TRL's ``RewardConfig`` (converted).
+    - ``train_dataset`` / ``eval_dataset`` may also be a path, a list of rows, or a dataset in one
+      of Coati's preference formats (converted to TRL's conversational format before TRL prepares
+      it, :func:`coati_hf.data.to_trl_dataset`); TRL's formats are left as they are.
+    - A pad token distinct from EOS where the vocabulary has one. A tokenizer that can only pad
+      with EOS (Llama 3, Pythia) trains as with TRL, with a warning that the score is then read
+      one token before the final EOS.
+    - Pairs longer than ``max_length`` are dropped with a logged count (TRL drops them silently);
+      pairs whose chosen and rejected tokens are identical are dropped with a count too.
     - Sequences end at their last EOS (see :func:`end_at_last_eos`): the score is learnt where
       PPO reads it, at the stop token.
     - Accuracy, margin and reward statistics come from the shipped ``reward_accuracy`` evaluate
@@ -98,43 +109,61 @@ class RewardTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, trl.
     _tag_names = ["trl", "reward-trainer", *coati_tags("reward-model")]
     _name = "Reward"
 
-    def __init__(self, model, args: RewardConfig | None = None, train_dataset=None, eval_dataset=None, processing_class=None, **kwargs):
-        if args is None:
-            args = RewardConfig(output_dir="reward-model")
-        elif not isinstance(args, RewardConfig):
-            raise TypeError(f"args must be a coati_hf.RewardConfig, got {type(args).__name__}")
-        model, processing_class = resolve_model_and_tokenizer(model, processing_class, load_sequence_classifier)
-        if getattr(model.config, "num_labels", None) != 1:
-            raise ValueError(
-                f"A reward model must have num_labels=1 (one score per sequence); this one has "
-                f"num_labels={model.config.num_labels}. Load it with "
-                "AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)."
-            )
-        prepare_pad_token(processing_class, model, role="reward model", allow_eos_padding=False)
-        train_dataset, eval_dataset = convert_datasets(_as_preference_dataset, train_dataset, eval_dataset)
+    def __init__(self, *args, colossalai_plugin=None, **kwargs):
+        from transformers import AutoTokenizer
+
+        call = bind_trl_arguments(trl.RewardTrainer.__init__, self, args, kwargs)
+        model = call["model"] = resolve_model_name(call["model"])
+        config = call["args"] = as_coati_config(call["args"], RewardConfig, model, "Reward")
+        new_head = isinstance(model, str) and not _has_score_head(model, config)
+        call["processing_class"] = processing_class_like_trl(model, call["processing_class"], config, AutoTokenizer)
+        if config.pad_token is None:
+            model_object = None if isinstance(model, str) else model
+            prepare_pad_token(call["processing_class"], model_object, role="reward model", allow_eos_padding="warn")
+
+        def convert(dataset):
+            return to_trl_dataset(dataset, "preference", strings_as_chat=config.strings_as_chat)[0]
+
+        call["train_dataset"] = convert(call["train_dataset"])
+        if isinstance(call["eval_dataset"], dict):
+            call["eval_dataset"] = {name: convert(dataset) for name, dataset in call["eval_dataset"].items()}
+        else:
+            call["eval_dataset"] = convert(call["eval_dataset"])
 
         self._reward_metric = load_metric("reward_accuracy")
         self._pair_scores = {"train": defaultdict(list), "eval": defaultdict(list)}
-        super().__init__(
-            model=model,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            **kwargs,
-        )
+        try:
+            super().__init__(**call, colossalai_plugin=colossalai_plugin)
+        except ValueError as err:
+            if "num_labels=1" not in str(err):
+                raise
+            raise ValueError(
+                f"{err} (coati_hf: coati_hf.models.load_sequence_classifier(path) loads any causal-LM or reward "
+                "checkpoint with num_labels=1 and Coati's value-head initialisation.)"
+            ) from None
+        if new_head:
+            init_value_head(self.model)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        dataset = to_trl_dataset(dataset, "preference", strings_as_chat=args.strings_as_chat)[0]
+        first = next(iter(dataset), None)
+        tokenized_here = first is not None and not {"chosen_ids", "chosen_input_ids"} & set(first)
+        if tokenized_here:
+            require_chat_template(processing_class, dataset_name, first)
         before = len(dataset) if hasattr(dataset, "__len__") else None
         prepared = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        eos_id = processing_class.eos_token_id
-        if eos_id is not None and hasattr(prepared, "map"):
-            prepared = prepared.map(
-                lambda row: {key: end_at_last_eos(row[key], eos_id) for key in ("chosen_ids", "rejected_ids")},
-                desc=f"Ending {dataset_name} sequences at their EOS",
-            )
         why = f"have a chosen or rejected sequence longer than max_length={args.max_length} tokens"
         report_dropped_rows(dataset_name, before, prepared, "preference pairs", why)
+        eos_id = processing_class.eos_token_id
+        if tokenized_here and eos_id is not None:
+            kwargs = {"desc": f"Ending {dataset_name} sequences at their EOS"} if hasattr(prepared, "__len__") else {}
+            prepared = prepared.map(
+                lambda row: {key: end_at_last_eos(row[key], eos_id) for key in ("chosen_ids", "rejected_ids")}, **kwargs
+            )
+        if hasattr(prepared, "__len__"):
+            before = len(prepared)
+            prepared = prepared.filter(lambda row: row["chosen_ids"] != row["rejected_ids"], desc="Dropping identical pairs")
+            report_dropped_rows(dataset_name, before, prepared, "preference pairs", "have identical chosen and rejected tokens")
         return prepared
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -179,10 +208,12 @@ def end_at_last_eos(token_ids: list[int], eos_id: int) -> list[int]:
     return token_ids
 
 
-def _as_preference_dataset(dataset):
-    """Paths and Coati formats → TRL's conversational prompt/chosen/rejected; None stays None."""
-    if dataset is None:
-        return None
-    if hasattr(dataset, "column_names") and {"chosen_ids", "rejected_ids"} <= set(dataset.column_names):
-        return dataset  # already tokenized
-    return load_preference_dataset(dataset)
+def _has_score_head(model_name: str, config) -> bool:
+    """Whether the checkpoint ``model_name`` already is a sequence classifier (has its ``score`` head)."""
+    from transformers import AutoConfig
+
+    init_kwargs = config.model_init_kwargs or {}
+    model_config = AutoConfig.from_pretrained(
+        model_name, revision=init_kwargs.get("revision"), trust_remote_code=init_kwargs.get("trust_remote_code", config.trust_remote_code)
+    )
+    return any(name.endswith("ForSequenceClassification") for name in model_config.architectures or ())

@@ -1,9 +1,24 @@
-"""Pieces every coati_hf trainer shares: config defaults, tokenizer checks, model-card tags."""
+"""Pieces every coati_hf trainer shares: config defaults, TRL's arguments, tokenizer checks, model-card tags.
+
+The SFT and reward trainers are TRL's trainers plus Coati's additions. What they take is what
+TRL's take, with the same meaning; the helpers here do the few things coati_hf does before TRL's
+own ``__init__`` runs:
+
+* :func:`bind_trl_arguments`: the call's arguments by TRL's own signature (positional calls
+  written for TRL keep working);
+* :func:`as_coati_config`: ``args`` as the coati_hf config, converted from ``None``, a plain
+  ``TrainingArguments`` or TRL's own config as TRL converts them;
+* :func:`resolve_model_name`: the embedded model's name to its folder (TRL then loads it, with
+  ``model_init_kwargs`` and ``trust_remote_code`` as TRL does);
+* :func:`processing_class_like_trl`: the tokenizer TRL would load when none is given, loaded
+  early so that coati_hf can pick its pad token (:func:`prepare_pad_token`).
+"""
 
 from __future__ import annotations
 
+import inspect
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .hub.arguments import HubExportArguments
 
@@ -57,30 +72,63 @@ class CoatiArgumentsMixin(HubExportArguments):
         super().__post_init__()
 
 
+@dataclass
+class DataArgumentsMixin:
+    """Data fields of the coati_hf configs whose trainers read datasets through :mod:`coati_hf.data`.
+
+    - ``strings_as_chat``: TRL's rule is that a string prompt/completion is plain text (no chat
+      template) and only message lists are conversational; True puts string prompts and replies
+      into a conversation (a user turn, an assistant turn) so the chat template applies to them.
+    """
+
+    strings_as_chat: bool = field(
+        default=False,
+        metadata={
+            "help": "Put string prompts/completions (TRL's standard format, used as plain text) into chat turns so the "
+            "chat template applies to them. Message lists always get the template."
+        },
+    )
+
+
 def coati_tags(stage: str) -> list[str]:
     """Model-card tags for a stage ("sft", "reward-model", "ppo"), TRL's ``_tag_names`` convention."""
     return [COATI_TAG, f"coati-{stage}", "rlhf"]
 
 
-def prepare_pad_token(tokenizer, model, *, role: str, allow_eos_padding: bool = True) -> None:
+def prepare_pad_token(tokenizer, model, *, role: str, allow_eos_padding: bool | str = True) -> None:
     """Make sure ``tokenizer`` pads, and ``model.config`` agrees on the pad id.
 
     A tokenizer without a pad token gets one (an unused special token, see
-    :func:`coati_hf.models.ensure_pad_token`) with a warning that names it. Where the only
-    choice is EOS and ``allow_eos_padding`` is False (reward models and critics read the
-    score at the last non-pad token, which is then ambiguous), a ValueError says how to fix it.
+    :func:`coati_hf.models.ensure_pad_token`) with a warning that names it. ``model`` may be
+    ``None`` (not loaded yet: TRL copies the pad id into its config). Where the only choice is
+    EOS, ``allow_eos_padding`` decides: ``True`` pads with EOS, ``"warn"`` pads with EOS and
+    explains the consequence for a score read at the last non-pad token (reward models: TRL
+    trains on such tokenizers, so coati_hf does too), ``False`` raises a ValueError that says
+    how to add a pad token (where reading at EOS is required).
     """
+    from transformers import ProcessorMixin
+
     from .models import ensure_pad_token
 
+    if isinstance(tokenizer, ProcessorMixin):  # a processor pads with its tokenizer
+        tokenizer = tokenizer.tokenizer
     had_pad = tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
     ensure_pad_token(tokenizer, model)
-    if tokenizer.pad_token_id == tokenizer.eos_token_id and not allow_eos_padding:
-        raise ValueError(
+    if tokenizer.pad_token_id == tokenizer.eos_token_id and allow_eos_padding is not True:
+        why = (
             f"The {role}'s tokenizer pads with its EOS token ({tokenizer.eos_token!r}) and has no other token to pad "
-            "with, so the last non-pad token of a sequence that ends in EOS is ambiguous. Add a pad token first: "
-            "tokenizer.add_special_tokens({'pad_token': '<|pad|>'}); model.resize_token_embeddings(len(tokenizer))."
+            "with, so the last non-pad token of a sequence that ends in EOS is ambiguous"
         )
-    if not had_pad:
+        fix = "tokenizer.add_special_tokens({'pad_token': '<|pad|>'}); model.resize_token_embeddings(len(tokenizer))."
+        if allow_eos_padding is False:
+            raise ValueError(f"{why}. Add a pad token first: {fix}")
+        logger.warning(
+            "%s: the score is read at the token before the final EOS, not at the EOS where PPO reads it. "
+            "To score at EOS, add a pad token first: %s",
+            why,
+            fix,
+        )
+    elif not had_pad:
         logger.warning(
             "The %s's tokenizer had no pad token distinct from EOS; using %r (id %d).",
             role,
@@ -89,22 +137,68 @@ def prepare_pad_token(tokenizer, model, *, role: str, allow_eos_padding: bool = 
         )
 
 
-def resolve_model_and_tokenizer(model, processing_class, loader):
-    """``model`` as a live model: a Hub name, folder or embedded name is loaded with ``loader``
-    (which returns ``(model, tokenizer)``); the tokenizer is the one given, else the loaded one."""
+def bind_trl_arguments(trl_init, trainer, args: tuple, kwargs: dict) -> dict:
+    """The arguments of a trainer call by the names of TRL's ``__init__`` (``trl_init``), defaults filled in.
+
+    Positional calls written for TRL's parameter order mean the same here, and an unknown
+    keyword is TRL's own ``TypeError``.
+    """
+    bound = inspect.signature(trl_init).bind(trainer, *args, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    arguments.pop("self", None)
+    return arguments
+
+
+def as_coati_config(args, config_cls, model, suffix: str):
+    """``args`` as a ``config_cls`` (a coati_hf config), as TRL converts what it is given.
+
+    ``None`` becomes ``config_cls("<model name>-<suffix>")`` (TRL's default output folder); a
+    plain ``TrainingArguments`` or TRL's own config becomes ``config_cls`` with the same values
+    (TRL converts ``TrainingArguments`` the same way); a coati_hf config is used as it is.
+    """
+    if isinstance(args, config_cls):
+        return args
+    if args is None:
+        from trl.trainer.utils import get_config_model_id
+
+        name = model if isinstance(model, str) else get_config_model_id(model.config)
+        return config_cls(f"{str(name).rstrip('/').split('/')[-1]}-{suffix}")
+    from transformers import TrainingArguments
+
+    if not isinstance(args, TrainingArguments):
+        raise TypeError(f"args must be a {config_cls.__name__} or a transformers.TrainingArguments, got {type(args).__name__}")
+    values = args.to_dict()
+    values.update({key: getattr(args, key) for key in values if key.endswith("_token")})  # to_dict masks these
+    known = {f.name for f in fields(config_cls) if f.init}
+    return config_cls(**{key: value for key, value in values.items() if key in known})
+
+
+def resolve_model_name(model):
+    """A model given by name: the embedded model's name becomes its converted folder; other names
+    and model objects are returned as they are (TRL loads names itself)."""
     if isinstance(model, str):
-        model, loaded_tokenizer = loader(model)
-        processing_class = processing_class if processing_class is not None else loaded_tokenizer
-    if processing_class is None:
-        raise ValueError("processing_class (the tokenizer) is required when model is an instantiated model")
-    return model, processing_class
+        from .models import resolve_model_path
+
+        return resolve_model_path(model)
+    return model
 
 
-def convert_datasets(convert, train_dataset, eval_dataset):
-    """Apply ``convert`` to the train dataset and to the eval dataset (or each of a dict of them)."""
-    if isinstance(eval_dataset, dict):
-        return convert(train_dataset), {name: convert(dataset) for name, dataset in eval_dataset.items()}
-    return convert(train_dataset), convert(eval_dataset)
+def processing_class_like_trl(model, processing_class, args, auto_class):
+    """``processing_class``, or the one TRL would load for ``model`` when it is None.
+
+    TRL loads it from the model's name (``model`` itself, or ``config._name_or_path`` of a model
+    object) with ``auto_class`` (``AutoProcessor`` for SFT, ``AutoTokenizer`` for reward
+    models), the revision of ``model_init_kwargs`` and ``trust_remote_code``. coati_hf loads it
+    before TRL does only to choose its pad token.
+    """
+    if processing_class is not None:
+        return processing_class
+    from trl.trainer.utils import get_config_model_id
+
+    name = model if isinstance(model, str) else get_config_model_id(model.config)
+    revision = (args.model_init_kwargs or {}).get("revision") if isinstance(model, str) else None
+    return auto_class.from_pretrained(name, revision=revision, trust_remote_code=args.trust_remote_code)
 
 
 def report_dropped_rows(dataset_name: str, before, prepared, what: str, why: str) -> None:

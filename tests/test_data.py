@@ -67,11 +67,22 @@ def test_self_instruct_strips_terminators(tmp_path):
             {"prompt": "说一个数字。", "completion": "七。<|endoftext|>"},
         ],
     )
-    ds = load_sft_dataset(path)
+    ds = load_sft_dataset(path, format="self_instruct")
     assert ds.column_names == ["prompt", "completion"]
     assert ds[0] == {"prompt": [U("Name a colour.")], "completion": [A("Blue.")]}
     assert ds[1] == {"prompt": [U("说一个数字。")], "completion": [A("七。")]}
-    assert load_prompt_dataset(path)[0] == {"prompt": [U("Name a colour.")]}
+    assert load_prompt_dataset(path, format="self_instruct")[0] == {"prompt": [U("Name a colour.")]}
+
+
+def test_string_prompt_completion_is_trl_standard_text_kept_verbatim(tmp_path):
+    # TRL's standard format: plain text, tokenized as written (the completion's leading space matters).
+    path = write_jsonl(tmp_path / "std.jsonl", [{"prompt": "The sky is", "completion": " blue."}])
+    assert load_sft_dataset(path).to_list() == [{"prompt": "The sky is", "completion": " blue."}]
+    assert load_prompt_dataset(path).to_list() == [{"prompt": "The sky is"}]
+    # Opting in puts the strings into chat turns (the system column becomes the system message).
+    rows = [{"prompt": "Name a colour.", "completion": "Blue.", "system": "Be brief."}]
+    assert load_sft_dataset(rows, strings_as_chat=True)[0] == {"prompt": [S("Be brief."), U("Name a colour.")], "completion": [A("Blue.")]}
+    assert load_prompt_dataset(rows, strings_as_chat=True)[0] == {"prompt": [S("Be brief."), U("Name a colour.")]}
 
 
 def test_alpaca_joins_instruction_and_input(tmp_path):
@@ -106,20 +117,22 @@ def test_hh_rm_static_rows():
         "chosen": " 4.",
         "rejected": " Figure it out.",
     }
-    ds = load_preference_dataset([row])
+    ds = load_preference_dataset([row], format="hh")
     assert ds[0] == {
         "prompt": [U("Hi there"), A("Hello! How can I help?"), U("What is 2+2?")],
         "chosen": [A("4.")],
         "rejected": [A("Figure it out.")],
     }
-    assert load_sft_dataset([row])[0] == {"prompt": ds[0]["prompt"], "completion": [A("4.")]}
-    assert load_prompt_dataset([row])[0] == {"prompt": ds[0]["prompt"]}
+    assert load_sft_dataset([row], format="hh")[0] == {"prompt": ds[0]["prompt"], "completion": [A("4.")]}
+    assert load_prompt_dataset([row], format="hh")[0] == {"prompt": ds[0]["prompt"]}
+    # Without format="hh" the row is TRL's standard explicit-prompt format: the texts as written.
+    assert load_preference_dataset([row])[0] == {"prompt": row["prompt"], "chosen": " 4.", "rejected": " Figure it out."}
 
 
 def test_hh_original_splits_shared_prefix():
     chosen = "\n\nHuman: Is the sea salty?\n\nAssistant: Yes.\n\nHuman: Why?\n\nAssistant: Rivers carry dissolved minerals into it."
     rejected = "\n\nHuman: Is the sea salty?\n\nAssistant: Yes.\n\nHuman: Why?\n\nAssistant: No idea."
-    ds = load_preference_dataset([{"chosen": chosen, "rejected": rejected}])
+    ds = load_preference_dataset([{"chosen": chosen, "rejected": rejected}], format="hh")
     assert ds[0] == {
         "prompt": [U("Is the sea salty?"), A("Yes."), U("Why?")],
         "chosen": [A("Rivers carry dissolved minerals into it.")],
@@ -129,7 +142,7 @@ def test_hh_original_splits_shared_prefix():
 
 def test_hh_original_replies_sharing_first_letters():
     # The shared prefix runs into the replies ("S"); the split must still be at "Assistant:".
-    ds = load_preference_dataset([{"chosen": "Human: Hello\n\nAssistant: Sure thing", "rejected": "Human: Hello\n\nAssistant: Stop"}])
+    ds = load_preference_dataset([{"chosen": "Human: Hello\n\nAssistant: Sure thing", "rejected": "Human: Hello\n\nAssistant: Stop"}], format="hh")
     assert ds[0]["prompt"] == [U("Hello")]
     assert ds[0]["chosen"] == [A("Sure thing")] and ds[0]["rejected"] == [A("Stop")]
 
@@ -160,31 +173,57 @@ def test_coati_preference_rows():
     assert load_sft_dataset([row])[0] == {"prompt": [U("Tell me a fact.")], "completion": [A("Honey never spoils.")]}
 
 
-def test_trl_rows_pass_through_and_strings_become_messages():
+def test_trl_rows_pass_through_verbatim():
     assert load_sft_dataset([{"prompt": [S("sys"), U("q")], "completion": [A("a")]}])[0] == {
         "prompt": [S("sys"), U("q")],
         "completion": [A("a")],
     }
-    assert load_sft_dataset([{"prompt": "q", "completion": "a", "system": "sys"}], format="trl")[0] == {
-        "prompt": [S("sys"), U("q")],
-        "completion": [A("a")],
-    }
     assert load_sft_dataset([{"messages": [U("q"), A("a")]}])[0] == {"messages": [U("q"), A("a")]}
-    assert load_preference_dataset([{"prompt": "q", "chosen": "good", "rejected": "bad"}])[0] == {
-        "prompt": [U("q")],
-        "chosen": [A("good")],
-        "rejected": [A("bad")],
+    assert load_preference_dataset([{"prompt": "q", "chosen": " good", "rejected": " bad"}])[0] == {
+        "prompt": "q",
+        "chosen": " good",
+        "rejected": " bad",
     }
-    assert load_prompt_dataset([{"prompt": "Write a haiku."}])[0] == {"prompt": [U("Write a haiku.")]}
+    assert load_prompt_dataset([{"prompt": "Write a haiku."}])[0] == {"prompt": "Write a haiku."}
+    assert load_prompt_dataset([{"prompt": [U("Write a haiku.")]}])[0] == {"prompt": [U("Write a haiku.")]}
+    # ShareGPT rows are read as TRL reads them: keys renamed, roles kept.
+    sharegpt = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    assert load_sft_dataset([sharegpt])[0] == {"messages": [{"role": "human", "content": "q"}, {"role": "gpt", "content": "a"}]}
 
 
-def test_trl_implicit_prompt_preferences():
+def test_trl_implicit_prompt_preferences_keep_trl_meaning():
+    # Conversational and standard implicit-prompt pairs stay as they are (TRL tokenizes them whole) ...
     row = {"chosen": [U("q"), A("a1"), U("q2"), A("good")], "rejected": [U("q"), A("a1"), U("q2"), A("bad")]}
-    assert load_preference_dataset([row])[0] == {
-        "prompt": [U("q"), A("a1"), U("q2")],
-        "chosen": [A("good")],
-        "rejected": [A("bad")],
-    }
+    assert load_preference_dataset([row])[0] == row
+    text_row = {"chosen": "The sky is blue.", "rejected": "The sky is green."}
+    assert load_preference_dataset([text_row])[0] == text_row
+    # ... including Anthropic HH dialogues, which are TRL's standard format too (format="hh" reads them as chat).
+    hh = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}
+    assert load_preference_dataset([hh])[0] == hh
+    # Where a prompt is needed, it is TRL's: the shared beginning.
+    assert load_prompt_dataset([row])[0] == {"prompt": [U("q"), A("a1"), U("q2")]}
+    assert load_sft_dataset([text_row])[0] == {"prompt": "The sky is", "completion": " blue."}
+
+
+def test_tool_calls_and_tools_column_pass_through():
+    call = {"type": "function", "function": {"name": "multiply", "arguments": {"a": 2, "b": 3}}}
+    tools = json.dumps([{"type": "function", "function": {"name": "multiply", "parameters": {}}}])
+    messages = [U("What is 2*3?"), {"role": "assistant", "tool_calls": [call]}, {"role": "tool", "name": "multiply", "content": "6"}, A("6")]
+    ds = load_sft_dataset([{"messages": messages, "tools": tools, "chat_template_kwargs": {"enable_thinking": False}}])
+    assert ds[0]["messages"][1]["tool_calls"][0]["function"]["name"] == "multiply"
+    assert ds[0]["messages"][2]["role"] == "tool"
+    assert ds[0]["tools"] == tools and ds[0]["chat_template_kwargs"] == {"enable_thinking": False}
+    pair = {"prompt": [U("What is 2*3?")], "chosen": [{"role": "assistant", "tool_calls": [call]}], "rejected": [A("7")], "tools": tools}
+    assert load_preference_dataset([pair])[0]["chosen"][0]["tool_calls"][0]["function"]["arguments"] == {"a": 2, "b": 3}
+
+
+def test_identical_pairs_are_dropped_with_a_count(caplog):
+    rows = [{"prompt": "q", "chosen": " same", "rejected": " same"}] * 2 + [{"prompt": "q", "chosen": " good", "rejected": " bad"}]
+    with caplog.at_level(logging.WARNING, logger="coati_hf.data"):
+        ds = load_preference_dataset(rows)
+    assert ds.to_list() == [rows[2]]
+    assert "dropped 2 of 3 preference pairs whose chosen and rejected are identical" in caplog.text
+    assert "all 2 preference pairs have identical" in error_of(load_preference_dataset, rows[:2])
 
 
 def test_pretrain_txt_split_into_blocks(tmp_path):
@@ -234,7 +273,7 @@ def test_every_source_kind_reads_the_same(tmp_path, kind):
 def test_csv_with_byte_order_mark(tmp_path):
     path = tmp_path / "excel.csv"
     path.write_text("\ufeffprompt,completion\nq,a\n", encoding="utf-8")
-    assert load_sft_dataset(path).to_list() == [{"prompt": [U("q")], "completion": [A("a")]}]
+    assert load_sft_dataset(path).to_list() == [{"prompt": "q", "completion": "a"}]
 
 
 def test_csv_string_columns(tmp_path):
@@ -255,7 +294,7 @@ def test_hub_name_passes_through_to_load_dataset(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     ds = load_sft_dataset("someone/some-data", split="validation")
     assert calls == [("someone/some-data", "validation")]
-    assert ds[0] == {"prompt": [U("p")], "completion": [A("c")]}
+    assert ds[0] == {"prompt": "p", "completion": "c"}
 
 
 def test_missing_local_file_is_not_sent_to_the_hub(tmp_path, monkeypatch):
@@ -295,7 +334,7 @@ def test_missing_field_wrong_type_and_empty_prompt(tmp_path):
     assert "a.jsonl, row 2, field 'output': field is missing" in error_of(load_sft_dataset, path)
 
     path = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "q", "completion": 42}])
-    assert "b.jsonl, row 1, field 'completion': expected a string, got integer" in error_of(load_sft_dataset, path)
+    assert "b.jsonl, row 1, field 'completion': expected a string or a list of messages, got integer" in error_of(load_sft_dataset, path)
 
     path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "  ", "completion": "a"}])
     assert "c.jsonl, row 1, field 'prompt': empty prompt" in error_of(load_sft_dataset, path)
@@ -384,15 +423,18 @@ def test_skip_mode_with_no_usable_row_raises():
 @pytest.mark.parametrize(
     "columns, example, expected",
     [
-        (["prompt", "completion"], {"prompt": "p", "completion": "c"}, "self_instruct"),
+        (["prompt", "completion"], {"prompt": "p", "completion": "c"}, "trl"),
         (["prompt", "completion"], {"prompt": [U("p")], "completion": [A("c")]}, "trl"),
         (["instruction", "input", "output", "id"], None, "alpaca"),
         (["instruction", "id"], None, "alpaca"),
-        (["prompt", "response", "chosen", "rejected"], None, "hh"),
-        (["chosen", "rejected"], {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "x"}, "hh"),
+        (["prompt", "response", "chosen", "rejected"], {"prompt": "\n\nHuman: q\n\nAssistant:", "chosen": "a"}, "trl"),
+        (["chosen", "rejected"], {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "x"}, "trl"),
+        (["chosen", "rejected"], {"chosen": [{"from": "user", "content": "a"}], "rejected": []}, "coati_preference"),
         (["chosen", "rejected"], {"chosen": [U("a"), A("b")], "rejected": [U("a"), A("c")]}, "trl"),
         (["prompt", "chosen", "rejected"], {"prompt": "q", "chosen": "a", "rejected": "b"}, "trl"),
-        (["prompt", "chosen", "rejected"], {"prompt": "Human: q\n\nAssistant:", "chosen": "a", "rejected": "b"}, "hh"),
+        (["prompt", "chosen", "rejected"], {"prompt": "Human: q\n\nAssistant:", "chosen": "a", "rejected": "b"}, "trl"),
+        (["conversations"], {"conversations": [{"from": "human", "value": "x"}]}, "trl"),
+        (["conversations"], {"conversations": [{"from": "human", "content": "x"}]}, "coati_conversation"),
         (["messages"], {"messages": [{"from": "user", "content": "x"}]}, "coati_conversation"),
         (["messages"], {"messages": [U("x")]}, "trl"),
         (["context", "chosen", "rejected"], None, "coati_preference"),
@@ -476,3 +518,89 @@ def test_preference_sample_has_consistent_lexical_cues():
     assert all(len(c) > len(r) for c, r in zip(chosen, rejected))
     assert len(set(rejected)) >= 20  # varied templates, not one repeated string
     assert len(set(chosen)) == len(chosen)
+
+
+# --- bytes that are not UTF-8 -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv", "txt"])
+def test_invalid_utf8_names_file_and_line_and_skip_mode_skips_it(tmp_path, suffix, caplog):
+    lines = {
+        "jsonl": [b'{"prompt": "q1", "completion": " a1"}', b'{"prompt": "caf\xe9", "completion": " a2"}', b'{"prompt": "q3", "completion": " a3"}'],
+        "csv": [b"prompt,completion", b"q1, a1", b"caf\xe9, a2", b"q3, a3"],
+        "txt": [b"First block.", b"", b"caf\xe9 latin-1", b"", b"Third block."],
+    }[suffix]
+    bad_line = next(i for i, line in enumerate(lines, 1) if b"\xe9" in line)
+    path = tmp_path / f"latin1.{suffix}"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    load = load_pretrain_dataset if suffix == "txt" else load_sft_dataset
+    msg = error_of(load, path)
+    assert msg.startswith(f"{path}, line {bad_line}: not valid UTF-8 (byte 0xe9"), msg
+    with caplog.at_level(logging.WARNING, logger="coati_hf.data"):
+        ds = load(path, on_error="skip")
+    assert len(ds) == 2 and "caf" not in json.dumps(ds.to_list())
+    assert f"line {bad_line}: not valid UTF-8" in caplog.text
+
+
+def test_invalid_utf8_in_a_json_document_names_the_line(tmp_path):
+    path = tmp_path / "doc.json"
+    path.write_bytes(b'[\n {"prompt": "q", "completion": " a"},\n {"prompt": "caf\xe9", "completion": " b"}\n]\n')
+    assert error_of(load_sft_dataset, path, on_error="skip").startswith(f"{path}, line 3: not valid UTF-8 (byte 0xe9 at column 17)")
+
+
+# --- datasets handed to the trainers --------------------------------------------------------------
+
+
+def test_to_trl_dataset_leaves_trl_datasets_untouched_and_converts_coati_ones():
+    from coati_hf.data import to_trl_dataset
+
+    trl_rows = datasets.Dataset.from_list([{"prompt": "The sky is", "completion": " blue.", "tools": None}])
+    assert to_trl_dataset(trl_rows, "sft") == (trl_rows, "trl")  # the very same object
+    transformed = trl_rows.with_transform(lambda batch: batch)
+    assert to_trl_dataset(transformed, "sft")[0] is transformed  # TRL's own check sees the transform
+    tokenized = datasets.Dataset.from_list([{"chosen_input_ids": [1, 2], "rejected_input_ids": [1, 3]}])
+    assert to_trl_dataset(tokenized, "preference")[0] is tokenized
+
+    coati = datasets.Dataset.from_list(PAIRS).to_iterable_dataset()
+    converted, fmt = to_trl_dataset(coati, "preference")
+    assert fmt == "coati_preference" and isinstance(converted, datasets.IterableDataset)
+    assert list(converted) == PAIRS_OUT
+
+    bad = datasets.Dataset.from_list([PAIRS[0], dict(PAIRS[1], chosen=[{"from": "assistant", "content": " "}])])
+    with pytest.raises(DataFormatError, match=r"<in-memory dataset>, row 2, field 'chosen': empty completion"):
+        to_trl_dataset(bad, "preference")
+
+
+def test_require_chat_template_is_one_clear_error(smol_tokenizer):
+    import copy
+
+    from coati_hf.data import ChatTemplateError, require_chat_template
+
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    require_chat_template(tokenizer, "train", {"messages": [U("q"), A("a")]})  # has one: fine
+    tokenizer.chat_template = None
+    require_chat_template(tokenizer, "train", {"prompt": "The sky is", "completion": " blue."})  # plain text needs none
+    with pytest.raises(ChatTemplateError, match=r"^eval dataset: the rows are conversational .* has no chat template"):
+        require_chat_template(tokenizer, "eval", {"prompt": [U("q")], "completion": [A("a")]})
+    with pytest.raises(ValueError, match="chat_template_path"):
+        require_chat_template(tokenizer, "prompts")
+
+
+def test_prompt_sample_is_conversational_so_it_reads_as_chat():
+    # A string prompt would be plain text (TRL's standard format); the shipped prompts are messages.
+    first = json.loads(sample_path("prompts").read_text(encoding="utf-8").splitlines()[0])
+    assert first["prompt"][0]["role"] == "user" and len(first["prompt"]) == 1
+    assert all(row[-1]["role"] == "user" for row in load_sample("prompts")["prompt"])
+
+
+def test_to_trl_dataset_reads_a_stream_that_does_not_know_its_columns():
+    from coati_hf.data import to_trl_dataset
+
+    def rows():
+        yield {"chosen": "The sky is blue.", "rejected": "The sky is green."}
+
+    stream = datasets.IterableDataset.from_generator(rows)
+    assert stream.column_names is None
+    assert to_trl_dataset(stream, "preference") == (stream, "trl")
+    coati = datasets.IterableDataset.from_generator(lambda: iter(PAIRS))
+    assert list(to_trl_dataset(coati, "preference")[0]) == PAIRS_OUT

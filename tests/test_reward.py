@@ -159,14 +159,19 @@ def test_tokenizer_without_pad_token_gets_a_distinct_one(tmp_path, tiny_reward_m
     assert model.config.pad_token_id == trainer.processing_class.pad_token_id
 
 
-def test_tokenizer_that_can_only_pad_with_eos_is_a_clear_error(tmp_path, tiny_reward_model, monkeypatch):
+def test_tokenizer_that_can_only_pad_with_eos_trains_with_a_warning(tmp_path, tiny_reward_model, monkeypatch, caplog):
+    """Llama 3 and Pythia tokenizers have no pad token but EOS; TRL trains on them, so coati_hf does too."""
     from coati_hf.models import loading
 
     monkeypatch.setattr(loading, "_PAD_CANDIDATES", ())  # a vocabulary with no spare special token
     model, tokenizer = tiny_reward_model
     tokenizer.pad_token = None
-    with pytest.raises(ValueError, match="pads with its EOS token"):
-        RewardTrainer(model=model, args=_config(tmp_path), train_dataset=_pairs([("q", "yes", "no")] * 2), processing_class=tokenizer)
+    with caplog.at_level(logging.WARNING, logger="coati_hf.trainer_common"):
+        trainer = RewardTrainer(model=model, args=_config(tmp_path, max_steps=1), train_dataset=_pairs([("q", "yes", "no")] * 2), processing_class=tokenizer)
+    assert trainer.processing_class.pad_token_id == tokenizer.eos_token_id == model.config.pad_token_id
+    assert "pads with its EOS token" in caplog.text and "score is read at the token before the final EOS" in caplog.text
+    trainer.train()
+    assert trainer.state.global_step == 1
 
 
 def test_resume_continues_step_count_and_loss_curve(tmp_path, smol_tokenizer):

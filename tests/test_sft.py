@@ -48,9 +48,9 @@ def test_sft_lowers_held_out_loss_and_masks_prompts(tmp_path, tiny_causal_lm):
     model, tokenizer = tiny_causal_lm
     data = load_sample("sft").shuffle(seed=0)
     train, held_out = data.select(range(20, len(data))), data.select(range(20))
-    trainer = SFTTrainer(model=model, args=_config(tmp_path), train_dataset=train, eval_dataset=held_out, processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=_config(tmp_path, assistant_only_loss=True), train_dataset=train, eval_dataset=held_out, processing_class=tokenizer)
 
-    # Labels: -100 exactly on the non-assistant tokens of each example.
+    # Labels: -100 exactly on the non-assistant tokens of each example (Coati's per-turn loss).
     example = trainer.train_dataset[0]
     assert any(label == -100 for label in example["labels"]) and any(label != -100 for label in example["labels"])
     for token, label in zip(example["input_ids"], example["labels"]):
@@ -161,7 +161,7 @@ def test_sft_reads_a_coati_file_by_path(tmp_path, tiny_causal_lm):
     path = tmp_path / "conversations.jsonl"
     rows = [{"messages": [{"from": "user", "content": "1+1?"}, {"from": "assistant", "content": "2"}]}] * 4
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    trainer = SFTTrainer(model=model, args=_config(tmp_path, max_steps=1), train_dataset=str(path), processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=_config(tmp_path, max_steps=1, assistant_only_loss=True), train_dataset=str(path), processing_class=tokenizer)
     labels = trainer.train_dataset[0]["labels"]
     learned = tokenizer.decode([t for t in labels if t != -100])
     assert learned.strip().startswith("2<|im_end|>")
@@ -169,7 +169,7 @@ def test_sft_reads_a_coati_file_by_path(tmp_path, tiny_causal_lm):
 
 def test_packing_keeps_prompt_tokens_out_of_the_loss(tmp_path, tiny_causal_lm):
     model, tokenizer = tiny_causal_lm
-    trainer = SFTTrainer(model=model, args=_config(tmp_path, max_steps=2, packing=True, max_length=256), train_dataset=load_sample("sft"), processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=_config(tmp_path, max_steps=2, packing=True, max_length=256, assistant_only_loss=True), train_dataset=load_sample("sft"), processing_class=tokenizer)
     packed = trainer.train_dataset
     assert len(packed) < len(load_sample("sft")) and max(len(lengths) for lengths in packed["seq_lengths"]) > 1
     turn_start = tokenizer.convert_tokens_to_ids("<|im_start|>")

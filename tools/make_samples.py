@@ -14,7 +14,9 @@ Files:
                      rejected = a curt/rude/off-topic reply that always contains
                      "Whatever" or "I don't care" (English) / "不知道" or "随便" (Chinese).
                      The signal is meant to be learnable by a tiny random-init model.
-  prompts.jsonl      PPO prompts {"prompt": str}.
+  prompts.jsonl      PPO prompts in TRL's conversational prompt-only format
+                     {"prompt": [{"role": "user", "content": str}]}: read as chat (a string
+                     prompt would be plain text, TRL's standard format).
   pretrain.txt       a few KB of plain text in paragraphs, for the PTX loss.
 
 Rows of each file are shuffled with a fixed seed so that any tail split is a mix of
@@ -408,7 +410,7 @@ def make_preferences(rng: random.Random) -> list[dict]:
 
 
 def make_prompts(rng: random.Random) -> list[dict]:
-    rows = [{"prompt": q} for _, (_, q1, q2, *_rest) in _topics() for q in (q1, q2)]
+    rows = [{"prompt": [{"role": "user", "content": q}]} for _, (_, q1, q2, *_rest) in _topics() for q in (q1, q2)]
     rng.shuffle(rows)
     return rows
 

@@ -55,6 +55,10 @@ class DataFormatError(ValueError):
         return f"{', '.join(parts)}: {self.reason}" if parts else self.reason
 
 
+class ChatTemplateError(ValueError):
+    """Conversational data and a tokenizer without a chat template (see :func:`coati_hf.data.require_chat_template`)."""
+
+
 class RowProblem(Exception):
     """Internal: one row is malformed. ``field`` is the top-level column at fault
     (``None`` when the row as a whole is wrong); the loader turns this into a located

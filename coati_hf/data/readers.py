@@ -123,13 +123,49 @@ def _read_file(path: Path, name: str, on_error: str) -> SourceRows:
     return out.finish()
 
 
+def _not_utf8(name: str, line_no: int, line: bytes, column: int) -> DataFormatError:
+    """The error for byte ``column`` (0-based) of ``line`` that does not decode as UTF-8."""
+    return DataFormatError(
+        f"not valid UTF-8 (byte 0x{line[column:column + 1].hex()} at column {column + 1}); save the file as UTF-8",
+        source=name,
+        line=line_no,
+    )
+
+
+def _decoded_lines(path: Path, out: SourceRows, on_error: str) -> list[tuple[int, str]]:
+    """``(line number, text)`` of every line of a text file, each decoded as UTF-8 on its own.
+
+    A line that is not valid UTF-8 is a located error, or with ``on_error="skip"`` a reported
+    problem and left out. A byte-order mark at the start is dropped. Line ends are kept.
+    """
+    lines = []
+    for line_no, raw in enumerate(path.read_bytes().splitlines(keepends=True), 1):
+        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            lines.append((line_no, raw.decode("utf-8")))
+        except UnicodeDecodeError as err:
+            out.report(_not_utf8(out.name, line_no, raw, err.start), on_error)
+    return lines
+
+
 def _read_json(path: Path, out: SourceRows, on_error: str) -> None:
-    text = path.read_text(encoding="utf-8-sig")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):  # JSON Lines with a .json name: line by line
+            _parse_jsonl(_decoded_lines(path, out, on_error), out, on_error)
+            return
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        line_no = data.count(b"\n", 0, err.start) + 1
+        # One JSON document: no line can be left out, so this is an error in both modes.
+        raise _not_utf8(out.name, line_no, data[line_start:], err.start - line_start) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         if err.msg == "Extra data":  # several JSON values: JSON Lines with a .json name
-            _parse_jsonl(text, out, on_error)
+            _parse_jsonl(list(enumerate(text.splitlines(), 1)), out, on_error)
             return
         raise DataFormatError(f"invalid JSON: {err.msg} (column {err.colno})", source=out.name, line=err.lineno) from None
     if not isinstance(data, list):
@@ -141,12 +177,12 @@ def _read_json(path: Path, out: SourceRows, on_error: str) -> None:
 
 
 def _read_jsonl(path: Path, out: SourceRows, on_error: str) -> None:
-    _parse_jsonl(path.read_text(encoding="utf-8-sig"), out, on_error)
+    _parse_jsonl(_decoded_lines(path, out, on_error), out, on_error)
 
 
-def _parse_jsonl(text: str, out: SourceRows, on_error: str) -> None:
+def _parse_jsonl(lines: list[tuple[int, str]], out: SourceRows, on_error: str) -> None:
     row = 0
-    for line_no, line in enumerate(text.splitlines(), 1):
+    for line_no, line in lines:
         if not line.strip():
             continue
         row += 1
@@ -172,21 +208,19 @@ def _decode_cell(cell: Any) -> Any:
 
 def _read_csv(path: Path, out: SourceRows, on_error: str) -> None:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        row, next_line = 0, 2  # line 1 is the header
-        for raw in reader:
-            row += 1
-            line, next_line = next_line, reader.line_num + 1
-            if None in raw:
-                out.report(
-                    DataFormatError(
-                        f"{len(raw[None])} more cell(s) than the header has columns", source=out.name, row=row, line=line
-                    ),
-                    on_error,
-                )
-                continue
-            out.records.append(Record({k: _decode_cell(v) for k, v in raw.items()}, row, line))
+    lines = _decoded_lines(path, out, on_error)
+    numbers = [line_no for line_no, _ in lines]  # file line of each decoded line (undecodable ones are left out)
+    reader = csv.DictReader(text for _, text in lines)
+    row, first = 0, 1  # index in ``lines`` where the next row starts (0 is the header)
+    for raw in reader:
+        row += 1
+        line = numbers[first] if first < len(numbers) else None
+        first = reader.line_num  # csv counts the lines it has consumed, a quoted cell may span several
+        if None in raw:
+            reason = f"{len(raw[None])} more cell(s) than the header has columns"
+            out.report(DataFormatError(reason, source=out.name, row=row, line=line), on_error)
+            continue
+        out.records.append(Record({k: _decode_cell(v) for k, v in raw.items()}, row, line))
 
 
 def _read_parquet(path: Path, out: SourceRows, on_error: str) -> None:
@@ -199,7 +233,7 @@ def _read_txt(path: Path, out: SourceRows, on_error: str) -> None:
     """Blocks of non-empty lines separated by blank lines; each block is one row."""
     block: list[str] = []
     start = 0
-    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines() + [""], 1):
+    for line_no, line in _decoded_lines(path, out, on_error) + [(-1, "")]:
         if line.strip():
             if not block:
                 start = line_no

@@ -8,7 +8,8 @@ templates written for it) and are bilingual, English and Chinese:
 ``preferences``  ``preferences.jsonl``: ColossalChat preference pairs ``{"context", "chosen",
                  "rejected"}``; chosen is a polite on-topic answer, rejected a curt or
                  off-topic reply with consistent cues ("whatever", "I don't care", "不知道", "随便").
-``prompts``      ``prompts.jsonl``: PPO prompts ``{"prompt": str}``.
+``prompts``      ``prompts.jsonl``: PPO prompts in TRL's conversational prompt-only format
+                 ``{"prompt": [{"role": "user", "content": str}]}`` (they get the chat template).
 ``pretrain``     ``pretrain.txt``: short encyclopaedic text for the PTX loss.
 """
 

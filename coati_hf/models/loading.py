@@ -6,7 +6,9 @@ loads as a causal LM (actor, reference policy) or as a sequence-classification m
 ``num_labels=1`` (reward model, critic): the classifier's ``score`` head is the value head.
 
 Every loader returns a tokenizer that has a pad token distinct from EOS where the vocabulary
-allows it, and a chat template.
+allows it. A tokenizer keeps the chat template it was saved with; one without is given
+:data:`DEFAULT_CHAT_TEMPLATE` (ChatML) only when asked (``chat_template=``): conversational
+data with no template is an error in the trainers, never a silent guess.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from .embedded import embedded_model_dir, is_embedded_name
 
 logger = logging.getLogger(__name__)
 
-# ChatML, the template SmolLM2 and many small instruct models use; only set on tokenizers
-# that have none.
+# ChatML, the template SmolLM2 and many small instruct models use; set on a tokenizer that has
+# none only when asked (load_tokenizer(..., chat_template=DEFAULT_CHAT_TEMPLATE)).
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -69,15 +71,15 @@ def ensure_pad_token(tokenizer, model=None):
     return tokenizer
 
 
-def load_tokenizer(name_or_path: str | os.PathLike, padding_side: str = "right", **kwargs):
-    """Tokenizer with a pad token and a chat template."""
+def load_tokenizer(name_or_path: str | os.PathLike, padding_side: str = "right", chat_template: str | None = None, **kwargs):
+    """Tokenizer with a pad token; ``chat_template`` is set only if the tokenizer has none."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), **kwargs)
     tokenizer.padding_side = padding_side
     ensure_pad_token(tokenizer)
-    if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    if chat_template is not None and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = chat_template
     return tokenizer
 
 
@@ -123,15 +125,31 @@ def value_head(model):
 
 
 def init_value_head(model) -> None:
-    """Coati's value-head initialisation: N(0, std = 1 / (hidden_size + 1)), zero bias."""
+    """Coati's value-head initialisation: N(0, std = 1 / (hidden_size + 1)), zero bias.
+
+    ``model`` may be wrapped by peft: every copy of the head (the original and the trainable copy
+    peft keeps in ``modules_to_save``) is initialised, a LoRA adapter on it is left alone.
+    """
     import torch
 
-    head = value_head(model)
+    direct = getattr(model, "score", None) or getattr(model, "classifier", None)
+    heads = [direct] if isinstance(direct, torch.nn.Linear) else []
+    if not heads:  # wrapped: find the head's linear layers by name, skipping LoRA's own
+        heads = [
+            module
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+            and {"score", "classifier"} & set(name.split("."))
+            and not any(part.startswith("lora_") for part in name.split("."))
+        ]
+    if not heads:
+        raise ValueError(f"{type(model).__name__} has no 'score' or 'classifier' head to initialise")
     hidden = model.config.hidden_size
     with torch.no_grad():
-        head.weight.normal_(mean=0.0, std=1.0 / (hidden + 1))
-        if getattr(head, "bias", None) is not None:
-            head.bias.zero_()
+        for head in heads:
+            head.weight.normal_(mean=0.0, std=1.0 / (hidden + 1))
+            if getattr(head, "bias", None) is not None:
+                head.bias.zero_()
 
 
 def _resolve_dtype(dtype):
