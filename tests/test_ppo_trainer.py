@@ -219,17 +219,33 @@ def test_resume_gives_the_same_next_step_metrics(tmp_path, warm_tiny_policy_dir)
             assert resumed[step][key] == pytest.approx(full[step][key], rel=1e-4, abs=1e-6), (step, key)
 
 
-def test_prompts_given_as_text_or_messages_or_ids_agree(tmp_path, tiny_causal_lm):
+def test_prompts_follow_trls_rule_text_is_text_messages_get_the_template(tmp_path, tiny_causal_lm):
+    """A string prompt is tokenized as it is (TRL's standard format); a message list gets the chat
+    template with the generation prompt; strings_as_chat=True puts strings into a user turn;
+    pre-tokenized input_ids are taken as they are."""
     policy, tokenizer = tiny_causal_lm
     text = Dataset.from_list([{"prompt": "What is tea?"}] * 8)
     messages = Dataset.from_list([{"prompt": [{"role": "user", "content": "What is tea?"}]}] * 8)
-    expected = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": "What is tea?"}], tokenize=False,
-                                                       add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-    ids = Dataset.from_list([{"input_ids": expected}] * 8)
-    for dataset in (text, messages, ids):
-        trainer = PPOTrainer(args=_config(tmp_path), processing_class=tokenizer, model=copy.deepcopy(policy), ref_model=None,
-                             reward_model=lambda p, c: [0.0] * len(c), train_dataset=dataset, value_model=None)
-        assert trainer.train_dataset[0]["input_ids"] == expected
+    as_text = tokenizer("What is tea?", add_special_tokens=False)["input_ids"]
+    as_chat = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": "What is tea?"}], tokenize=False,
+                                                      add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    ids = Dataset.from_list([{"input_ids": as_chat}] * 8)
+    cases = [(text, {}, as_text), (text, {"strings_as_chat": True}, as_chat), (messages, {}, as_chat), (ids, {}, as_chat)]
+    for dataset, options, expected in cases:
+        trainer = PPOTrainer(args=_config(tmp_path, **options), processing_class=tokenizer, model=copy.deepcopy(policy),
+                             ref_model=None, reward_model=lambda p, c: [0.0] * len(c), train_dataset=dataset, value_model=None)
+        assert trainer.train_dataset[0]["input_ids"] == expected, options
+
+
+def test_conversational_prompts_without_a_chat_template_are_one_clear_error(tmp_path, tiny_causal_lm):
+    from coati_hf.data import ChatTemplateError
+
+    policy, tokenizer = tiny_causal_lm
+    tokenizer.chat_template = None
+    messages = Dataset.from_list([{"prompt": [{"role": "user", "content": "What is tea?"}]}] * 8)
+    with pytest.raises(ChatTemplateError, match="train dataset: the rows are conversational"):
+        PPOTrainer(args=_config(tmp_path), processing_class=tokenizer, model=policy, ref_model=None,
+                   reward_model=lambda p, c: [0.0] * len(c), train_dataset=messages, value_model=None)
 
 
 def test_metrics_reach_callbacks_like_any_trainer(tmp_path, tiny_causal_lm):

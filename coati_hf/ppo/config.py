@@ -41,7 +41,7 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
-from ..trainer_common import CoatiArgumentsMixin
+from ..trainer_common import CoatiArgumentsMixin, DataArgumentsMixin
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _exact_div(a: int, b: int, message: str) -> int:
 
 
 @dataclass
-class PPOConfig(CoatiArgumentsMixin, TrainingArguments):
+class PPOConfig(CoatiArgumentsMixin, DataArgumentsMixin, TrainingArguments):
     r"""Configuration of coati_hf's PPO trainer (fields of TRL 1.12's experimental ``PPOConfig``
     plus Coati's). Parse it from the command line with ``HfArgumentParser``.
 

@@ -1,8 +1,11 @@
 """Prompts and pretraining text for PPO: datasets in, token ids out, batches by update index.
 
 - :func:`prepare_prompt_dataset`: a pre-tokenized dataset (``input_ids``, TRL 1.12's examples),
-  or any source :func:`coati_hf.data.load_prompt_dataset` reads (text or chat messages, which
-  get the tokenizer's chat template with the generation prompt) → a dataset of ``input_ids``.
+  or any source :func:`coati_hf.data.load_prompt_dataset` reads → a dataset of ``input_ids``.
+  TRL's rule: a string prompt is text, tokenized as it is; a list of messages gets the
+  tokenizer's chat template with the generation prompt (``strings_as_chat=True`` puts string
+  prompts into a user turn first). Conversational prompts and a tokenizer without a chat
+  template are one clear error (:func:`coati_hf.data.require_chat_template`).
   A prompt longer than ``max_prompt_length``, or one that leaves no room for
   ``response_length`` new tokens in the model's context, is an error naming the dataset and
   row, or, with ``truncate_prompts=True``, keeps its last tokens and is counted in the log.
@@ -23,10 +26,12 @@ DEFAULT_PTX_BLOCK = 128
 
 
 def prepare_prompt_dataset(dataset, tokenizer, args, name: str, max_context: int | None = None):
-    from ..data import load_prompt_dataset
+    from ..data import load_prompt_dataset, require_chat_template
 
     if not (hasattr(dataset, "column_names") and "input_ids" in dataset.column_names):
-        dataset = load_prompt_dataset(dataset)
+        dataset = load_prompt_dataset(dataset, strings_as_chat=getattr(args, "strings_as_chat", False))
+        if len(dataset):
+            require_chat_template(tokenizer, name, dataset[0])
         dataset = dataset.map(
             lambda row: {"input_ids": _prompt_ids(tokenizer, row["prompt"])},
             remove_columns=dataset.column_names,
