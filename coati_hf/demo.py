@@ -7,6 +7,10 @@ reloads with plain ``from_pretrained``, with a model card (README.md) and traini
     reward_model/   stage 2, a reward model (sequence classifier, num_labels=1) on the shipped pairs
     ppo/            stage 3, PPO with LoRA on the shipped prompts, rewarded by stage 2's model;
                     the actor at ppo/ (merged, adapter in ppo/adapter), the critic in ppo/critic
+
+The closing summary says where each model is, the reward model's accuracy on held-out pairs,
+the mean reward of the SFT and the PPO policy on held-out prompts (greedy answers scored by the
+reward model, as ``coati-hf generate --reward-model`` does), and how to talk to the result.
 """
 
 from __future__ import annotations
@@ -36,8 +40,14 @@ def _lora(task_type: str):
     )
 
 
+# Held out from training: the last 16 preference pairs (reward-model accuracy) and prompts (before/after PPO).
+_TRAIN_ROWS, _HELD_OUT_ROWS = range(96), range(96, 112)
+_SUMMARY_NEW_TOKENS = 48
+
+
 def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | None = None) -> dict:
-    """Run SFT → RM → PPO and return ``{stage: folder}`` plus ``"ppo_log"`` (PPO's log history).
+    """Run SFT → RM → PPO, print the closing summary and return ``{stage: folder}`` plus
+    ``"ppo_log"`` (PPO's log history) and ``"summary"`` (the numbers the summary shows).
 
     ``steps`` optimizer steps for SFT and RM; ``ppo_steps`` PPO updates (default ``steps // 4``,
     at least 2: a PPO update on 2 CPU cores takes about half a minute).
@@ -72,14 +82,18 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
 
     logger.info("[demo] stage 2/3: reward model on the shipped preference pairs")
     reward_model, rm_tokenizer = load_sequence_classifier(folders["sft"])
+    preferences = load_sample("preferences")
     rm = RewardTrainer(
         model=reward_model,
-        args=RewardConfig(output_dir=str(output / "reward_model"), max_steps=steps, per_device_train_batch_size=4, learning_rate=2e-4, max_length=256, **common),
-        train_dataset=load_sample("preferences"),
+        args=RewardConfig(output_dir=str(output / "reward_model"), max_steps=steps, per_device_train_batch_size=4, learning_rate=2e-4,
+                          max_length=256, per_device_eval_batch_size=8, **common),
+        train_dataset=preferences.select(_TRAIN_ROWS),
+        eval_dataset=preferences.select(_HELD_OUT_ROWS),
         processing_class=rm_tokenizer,
         peft_config=_lora("SEQ_CLS"),
     )
     rm.train()
+    rm_accuracy = rm.evaluate()["eval_accuracy"]  # logged: the card's model-index reports it too
     rm.create_model_card(dataset_name=_SAMPLE_DESCRIPTIONS["preferences"])
     rm.save_model(str(output / "reward_model"))
     folders["reward_model"] = str(output / "reward_model")
@@ -99,13 +113,14 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
             learning_rate=5e-5,
             kl_coef=0.05,
             max_prompt_length=128,
+            num_sample_generations=0,  # the demo shows its completions once, at the end
             **common,
         ),
         processing_class=actor_tokenizer,
         model=actor,
         ref_model=None,
         reward_model=reward_model,
-        train_dataset=load_sample("prompts").select(range(96)),
+        train_dataset=load_sample("prompts").select(_TRAIN_ROWS),
         value_model=None,
         eval_dataset=load_sample("prompts").select(range(96, 100)),
         peft_config=_lora("CAUSAL_LM"),
@@ -118,5 +133,50 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
     completions = ppo.generate_completions()
     logger.info("[demo] sample completions after PPO:\n%s", completions.to_string(max_colwidth=60))
 
-    logger.info("[demo] done in %.0f s: %s", time.time() - started, {k: v for k, v in folders.items() if k != "ppo_log"})
+    logger.info("[demo] scoring the SFT and the PPO policy on %d held-out prompts", len(_HELD_OUT_ROWS))
+    held_out = list(load_sample("prompts").select(_HELD_OUT_ROWS)["prompt"])
+    summary = {
+        "reward_model_accuracy": float(rm_accuracy),
+        "held_out_pairs": len(_HELD_OUT_ROWS),
+        "held_out_prompts": len(held_out),
+        "mean_reward_sft": _mean_reward(folders["sft"], folders["reward_model"], held_out),
+        "mean_reward_ppo": _mean_reward(folders["ppo"], folders["reward_model"], held_out),
+        "seconds": time.time() - started,
+    }
+    folders["summary"] = summary
+    print(closing_summary(folders, summary), flush=True)
     return folders
+
+
+def _mean_reward(policy_folder: str, reward_folder: str, prompts: list) -> float:
+    """Mean reward-model score of the policy's greedy answers (``coati-hf generate``'s scoring)."""
+    from .chat import GenerationSettings, generate_and_score, mean_score
+
+    settings = GenerationSettings(max_new_tokens=_SUMMARY_NEW_TOKENS, temperature=0.0, top_p=1.0)
+    rows = generate_and_score(policy_folder, prompts, reward_folder, settings=settings, progress=False)
+    return mean_score(rows)
+
+
+def closing_summary(folders: dict, summary: dict) -> str:
+    """The text the demo ends with: where the models are, what they scored, how to talk to them."""
+    ppo = folders["ppo"]
+    change = summary["mean_reward_ppo"] - summary["mean_reward_sft"]
+    lines = [
+        "",
+        f"coati_hf demo finished in {summary['seconds']:.0f} s. Each folder is a Hub-ready model with its card (README.md):",
+        f"  SFT policy     {folders['sft']}",
+        f"  reward model   {folders['reward_model']}   accuracy on {summary['held_out_pairs']} held-out pairs: "
+        f"{summary['reward_model_accuracy']:.2f}",
+        f"  PPO policy     {ppo}   (its critic in {Path(ppo) / 'critic'})",
+        f"Mean reward on {summary['held_out_prompts']} held-out prompts (greedy answers of up to "
+        f"{_SUMMARY_NEW_TOKENS} tokens, scored by the reward model):",
+        f"  before PPO (SFT policy)  {summary['mean_reward_sft']:+.3f}",
+        f"  after PPO                {summary['mean_reward_ppo']:+.3f}   ({change:+.3f})",
+        "Talk to the result:",
+        f"  coati-hf chat {ppo}",
+        f'  coati-hf chat {ppo} --prompt "What is the capital of France?"',
+        f"  coati-hf serve {ppo}          (a web chat on http://127.0.0.1:7860)",
+        f"  coati-hf generate {ppo} --prompts my_prompts.jsonl --output answers.jsonl --reward-model {folders['reward_model']}",
+        "",
+    ]
+    return "\n".join(lines)

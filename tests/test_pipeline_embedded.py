@@ -61,3 +61,26 @@ def test_every_stage_of_the_demo_has_a_hub_card_naming_the_real_base_model(demo_
         assert f"coati-{stage}" in data["tags"] and "bundled" in data["datasets"][0]
     lineage = ModelCard.load(Path(demo_run["ppo"]) / "README.md").data.to_dict()["coati_hf"]["lineage"]
     assert [step["stage"] for step in lineage] == ["base", "sft", "reward-model", "ppo"]
+
+
+def test_the_demo_ends_with_a_summary_a_user_can_act_on(demo_run):
+    """Where each model is, the reward model's held-out accuracy, the held-out mean reward before
+    and after PPO (generate's scoring, recomputed here for the SFT side), and the chat commands."""
+    import math
+
+    from coati_hf.chat import GenerationSettings, generate_and_score, mean_score
+    from coati_hf.data import load_sample
+    from coati_hf.demo import closing_summary
+
+    summary = demo_run["summary"]
+    assert 0.0 <= summary["reward_model_accuracy"] <= 1.0 and summary["held_out_pairs"] == 16
+    assert math.isfinite(summary["mean_reward_sft"]) and math.isfinite(summary["mean_reward_ppo"])
+    held_out = list(load_sample("prompts").select(range(96, 112))["prompt"])
+    rows = generate_and_score(demo_run["sft"], held_out, demo_run["reward_model"],
+                              settings=GenerationSettings(max_new_tokens=48, temperature=0.0, top_p=1.0), progress=False)
+    assert mean_score(rows) == pytest.approx(summary["mean_reward_sft"], abs=1e-4)
+    text = closing_summary(demo_run, summary)
+    for folder in (demo_run["sft"], demo_run["reward_model"], demo_run["ppo"]):
+        assert folder in text
+    assert f"coati-hf chat {demo_run['ppo']}" in text and f"{summary['reward_model_accuracy']:.2f}" in text
+    assert "\ufffd" not in text
