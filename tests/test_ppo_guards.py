@@ -456,11 +456,12 @@ def test_the_single_pass_update_is_the_general_one_with_fewer_forwards(tmp_path,
         runs[name] = (step_logs(trainer), weights(trainer.model), calls["values"])
     (general_logs, general_weights, general_calls), (single_logs, single_weights, single_calls) = runs["general"], runs["single"]
     assert (general_calls, single_calls) == (4, 2)  # 2 updates: rollout + update, or the update alone
-    for general, single in zip(general_logs, single_logs, strict=True):
+    # update 1 starts from the same weights; update 2 from weights that differ by rounding (see below)
+    for (general, single), (rel, abs_) in zip(zip(general_logs, single_logs, strict=True), ((1e-5, 1e-6), (1e-3, 1e-5))):
         for key, value in general.items():
             if key in ("eps",) or not isinstance(value, float):
                 continue
-            assert single[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+            assert single[key] == pytest.approx(value, rel=rel, abs=abs_), key
     # Adam divides by sqrt(v): weights whose gradient is ~0 can move by rounding-level amounts (1e-6) when the
     # rollout's no-grad forward and the update's differ in their last bit; lr is 1e-3
     for name in general_weights:
