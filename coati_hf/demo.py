@@ -51,7 +51,7 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
 
     output = Path(output_dir)
     folders: dict[str, str] = {}
-    common = dict(report_to="none", logging_steps=1, save_strategy="no", gradient_checkpointing=False, seed=0)
+    common = dict(report_to="none", logging_steps=1, save_strategy="no", activation_checkpointing=False, seed=0)
 
     started = time.time()
     logger.info("[demo] stage 1/3: SFT with LoRA on %s", EMBEDDED_MODEL_NAME)
