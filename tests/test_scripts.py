@@ -230,7 +230,9 @@ def test_cli_launches_accelerate_with_the_recipe_num_processes(sft_config, monke
 
 def test_launcher_option_completion(monkeypatch):
     monkeypatch.setattr(launch, "_accelerate_default_config_exists", lambda: False)
-    assert launch.complete_launcher_options([]) == ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    assert launch.complete_launcher_options([]) == [
+        "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"
+    ]  # fmt: skip
     assert "--multi_gpu" not in launch.complete_launcher_options(["--num_processes", "1"])
     assert "--multi_gpu" not in launch.complete_launcher_options(["--num_processes", "2", "--use_deepspeed"])
     assert launch.complete_launcher_options(["--config_file", "x.yaml", "--num_processes", "2"]) == ["--config_file", "x.yaml", "--num_processes", "2"]
@@ -260,3 +262,16 @@ def test_coati_hf_help_lists_the_training_commands(capsys):
         cli.main(["--help"])
     out = capsys.readouterr().out
     assert all(f"    {stage}" in out for stage in ("sft", "reward", "ppo", "demo", "push", "chat"))
+
+
+def test_a_process_launched_as_one_of_several_must_not_train_alone(monkeypatch):
+    from types import SimpleNamespace
+
+    import accelerate
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(accelerate, "PartialState", lambda: SimpleNamespace(num_processes=1))
+    with pytest.raises(common.ScriptError, match="would train alone"):
+        common.check_process_group(SimpleNamespace(device="cpu"))
+    monkeypatch.setattr(accelerate, "PartialState", lambda: SimpleNamespace(num_processes=2))
+    common.check_process_group(SimpleNamespace(device="cpu"))  # a real group of 2: fine
