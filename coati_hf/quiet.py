@@ -21,6 +21,11 @@ differs from it in the least still gets through.
   deprecates with a FutureWarning per call site. None of them can be acted on by a coati_hf
   user; the ColossalAI backend installs these filters when it sets up.
 
+- :func:`silence_peft_checkpointing_notice`: peft reads ``model.is_gradient_checkpointing`` whenever
+  it wraps a model in a LoRA adapter, a property transformers 5 deprecated with a FutureWarning
+  that the user cannot act on. The scripts and the demo install this filter (a library import
+  does not change the process's warning filters).
+
 Only :mod:`logging` and :mod:`warnings` are imported here: ``import coati_hf`` must stay free of torch.
 """
 
@@ -102,3 +107,11 @@ def silence_colossalai_notices() -> None:
     """Ignore :data:`COLOSSALAI_NOTICES` from now on (idempotent)."""
     for category, message in COLOSSALAI_NOTICES:
         warnings.filterwarnings("ignore", message=message, category=category)
+
+
+PEFT_CHECKPOINTING_NOTICE = r"`is_gradient_checkpointing` is deprecated"
+
+
+def silence_peft_checkpointing_notice() -> None:
+    """Ignore transformers' deprecation of ``is_gradient_checkpointing``, which peft reads (idempotent)."""
+    warnings.filterwarnings("ignore", message=PEFT_CHECKPOINTING_NOTICE, category=FutureWarning)

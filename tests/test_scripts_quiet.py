@@ -139,3 +139,12 @@ def test_colossalai_notices_are_silenced_and_nothing_else():
         warnings.warn("`torch.distributed.reduce_scatter_tensor` is deprecated. Please use ...", FutureWarning)
         warnings.warn("`gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
     assert [str(w.message) for w in caught] == ["`gradient_checkpointing` is deprecated and will be removed in v6."]
+
+
+def test_peft_checkpointing_notice_is_silenced_for_runs():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet.silence_peft_checkpointing_notice()
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use ...", FutureWarning)
+        warnings.warn("`is_gradient_checkpointing` is deprecated", UserWarning)  # another category: kept
+    assert [type(w.message) for w in caught] == [UserWarning]

@@ -182,6 +182,9 @@ def parse_arguments(parser: ScriptParser, argv: Sequence[str] | None = None) -> 
 
 def run_script(stage: str, make_parser: Callable, check: Callable, main: Callable, argv: Sequence[str] | None = None) -> int:
     """Parse, check and run one script; bad input is one line on stderr and exit status 2."""
+    from coati_hf.quiet import silence_peft_checkpointing_notice
+
+    silence_peft_checkpointing_notice()
     prog = f"coati-hf {stage}"
     try:
         parsed, launcher_from_config, launcher_from_command_line = parse_arguments(make_parser(prog=prog), argv)

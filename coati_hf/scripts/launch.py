@@ -16,9 +16,10 @@ What it does, in order:
 3. Completes them so the launch is quiet and right on any machine. Without an accelerate config
    file (given, or accelerate's default one), ``--num_processes N`` with N > 1 adds
    ``--multi_gpu`` (accelerate's name for "N local processes in one group": on a machine without
-   GPUs the config's ``use_cpu`` makes that group gloo, see :mod:`coati_hf.runtime`), and
-   ``--num_machines 1 --mixed_precision no --dynamo_backend no`` are filled in (precision is the
-   config's ``bf16``/``fp16``, which transformers applies over the launcher's).
+   GPUs the config's ``use_cpu`` makes that group gloo, see :mod:`coati_hf.runtime`); no
+   ``--num_processes`` (and no distributed flag) means one process; and ``--num_machines 1
+   --mixed_precision no --dynamo_backend no`` are filled in (precision is the config's
+   ``bf16``/``fp16``, which transformers applies over the launcher's).
 4. Runs ``accelerate launch [launcher options] -m coati_hf.scripts.<stage> [script arguments]`` here;
    the script arguments are the user's, minus the launcher options of the command line.
    Its exit status is the command's; a failed launch adds one line saying which.
@@ -112,7 +113,9 @@ def complete_launcher_options(tokens: list[str]) -> list[str]:
         return tokens
     num_processes = _option_value(tokens, "--num_processes")
     distributed = any(token.split("=", 1)[0] in DISTRIBUTED_FLAGS for token in tokens)
-    if num_processes is not None and int(num_processes) > 1 and not distributed:
+    if num_processes is None and not distributed:
+        tokens += ["--num_processes", "1"]
+    elif num_processes is not None and int(num_processes) > 1 and not distributed:
         tokens.append("--multi_gpu")
     for option, value in QUIET_DEFAULTS:
         if _option_value(tokens, option) is None:
