@@ -461,8 +461,9 @@ def announce(stage: str, trainer) -> None:
 
 
 def finish(trainer, training_args, dataset_description: str | None) -> None:
-    """``save_model`` (the Hub-ready export with its card; pushed when ``push_to_hub``), then the
-    trainer state (``trainer_state.json``) beside it."""
+    """``save_model`` (the Hub-ready export with its card; pushed, in one commit, when
+    ``push_to_hub``), then the trainer state (``trainer_state.json``) beside it: in the folder,
+    not in the export's manifest, so never pushed."""
     if dataset_description:
         trainer.create_model_card(dataset_name=dataset_description)
     trainer.save_model(training_args.output_dir)
