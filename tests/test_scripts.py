@@ -59,6 +59,12 @@ def test_launcher_options_on_the_command_line_are_returned_for_the_launcher(sft_
     assert from_command_line == ["--num_processes", "2", "--main_process_port=29999"]
 
 
+def test_launcher_switches_and_values_from_a_config_file(tmp_path):
+    config = _write(tmp_path / "c.yaml", "model_name_or_path: x\nmulti_gpu: true\ncpu: false\nnum_processes: 4\nmain_process_port: 29555\n")
+    _, from_config, _ = common.parse_arguments(sft.make_parser(), ["--config", config, "--output_dir", str(tmp_path)])
+    assert from_config == ["--multi_gpu", "--num_processes", "4", "--main_process_port", "29555"]
+
+
 def test_a_shipped_recipe_is_found_by_its_name():
     (_, training_args, model_args, _), from_config, _ = common.parse_arguments(sft.make_parser(), ["--config", "smollm2_cpu/sft.yaml"])
     assert model_args.model_name_or_path == "embedded:SmolLM2-135M-Instruct"
@@ -275,3 +281,15 @@ def test_a_process_launched_as_one_of_several_must_not_train_alone(monkeypatch):
         common.check_process_group(SimpleNamespace(device="cpu"))
     monkeypatch.setattr(accelerate, "PartialState", lambda: SimpleNamespace(num_processes=2))
     common.check_process_group(SimpleNamespace(device="cpu"))  # a real group of 2: fine
+
+
+def test_a_hub_dataset_that_cannot_be_loaded_is_one_line(tmp_path, monkeypatch):
+    from coati_hf.data import load_sft_dataset
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    (script_args, training_args, _, dataset_args), _, _ = common.parse_arguments(
+        sft.make_parser(), ["--model_name_or_path", "x", "--output_dir", str(tmp_path), "--dataset_name", "someorg/no-such-dataset"]
+    )
+    with pytest.raises(common.ScriptError, match="not a local file, and datasets could not load it") as caught:
+        common.load_datasets(script_args, training_args, dataset_args, load_sft_dataset)
+    assert "\n" not in str(caught.value)

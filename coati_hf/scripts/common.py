@@ -66,12 +66,14 @@ class ScriptParser(TrlParser):
 # ---------------------------------------------------------------------------------------------
 
 
-def launcher_options() -> set[str]:
-    """Every option string ``accelerate launch`` accepts, plus :data:`LAUNCHER_EXTRAS`."""
+def launcher_options() -> dict[str, bool]:
+    """Every option string ``accelerate launch`` accepts (plus :data:`LAUNCHER_EXTRAS`), mapped
+    to whether it takes a value (``--num_processes 2``) or is a switch (``--multi_gpu``)."""
     from accelerate.commands.launch import launch_command_parser
 
     parser = launch_command_parser()
-    return {option for action in parser._actions for option in action.option_strings} | set(LAUNCHER_EXTRAS)
+    options = {option: action.nargs != 0 for action in parser._actions for option in action.option_strings}
+    return {**options, **dict.fromkeys(LAUNCHER_EXTRAS, True)}
 
 
 def _flag_name(token: str) -> str:
@@ -79,11 +81,9 @@ def _flag_name(token: str) -> str:
 
 
 def _read_config_file(path: str) -> dict:
-    """The YAML mapping in ``path``; a missing, unreadable or non-mapping file is a ScriptError."""
+    """The YAML mapping in the file ``path``; invalid YAML or anything but a mapping is a ScriptError."""
     import yaml
 
-    if not os.path.isfile(path):
-        raise ScriptError(f"config file {path} not found")
     try:
         with open(path, encoding="utf-8") as handle:
             config = yaml.safe_load(handle)
@@ -112,10 +112,12 @@ def find_config_file(name: str) -> str:
     relative = Path(name)
     if relative.parts[:1] == ("recipes",):
         relative = Path(*relative.parts[1:])
-    if not relative.is_absolute() and relative.parts:
-        shipped = recipes_dir() / relative
-        if shipped.is_file():
-            return str(shipped)
+    try:
+        shipped = recipes_dir() / relative if relative.parts and not relative.is_absolute() else None
+    except ScriptError:  # no recipes shipped: the name is simply not found
+        shipped = None
+    if shipped is not None and shipped.is_file():
+        return str(shipped)
     raise ScriptError(f"config file {name} not found")
 
 
@@ -135,28 +137,40 @@ def _with_config_file_found(argv: list[str]) -> tuple[list[str], str | None]:
 
 def _unknown_option_error(token: str, parser: ScriptParser, where: str) -> ScriptError:
     known = {option for action in parser._actions for option in action.option_strings}
-    guess = difflib.get_close_matches(_flag_name(token), sorted(known | launcher_options()), n=1)
+    guess = difflib.get_close_matches(_flag_name(token), sorted(known | set(launcher_options())), n=1)
     hint = f"; did you mean {guess[0]}?" if guess else f"; `{parser.prog} --help` lists the options"
     return ScriptError(f"unknown option {_flag_name(token)}{where}{hint}")
 
 
 def split_launcher_tokens(tokens: Sequence[str], parser: ScriptParser, where: str) -> list[str]:
     """``tokens`` the dataclasses did not take: return the launcher options among them (with
-    their values); anything else is a ScriptError."""
+    their values); anything else is a ScriptError. A switch written in YAML (``multi_gpu: true``
+    arrives as ``--multi_gpu True``) becomes the bare switch, or nothing when false."""
     options = launcher_options()
     launcher: list[str] = []
-    expecting_value = False
-    for token in tokens:
-        if token.startswith("-"):
-            if _flag_name(token) not in options:
-                raise _unknown_option_error(token, parser, where)
-            launcher.append(token)
-            expecting_value = "=" not in token
-        elif expecting_value:
-            launcher.append(token)
-            expecting_value = False
-        else:
+    tokens = list(tokens)
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        if not token.startswith("-"):
             raise ScriptError(f"unexpected argument {token!r}{where}")
+        name = _flag_name(token)
+        if name not in options:
+            raise _unknown_option_error(token, parser, where)
+        following = tokens[index + 1] if index + 1 < len(tokens) else None
+        if not options[name]:  # a switch
+            if following in ("True", "False"):
+                index += 1
+                if following == "False":
+                    token = None
+            if token is not None:
+                launcher.append(token)
+        elif "=" in token or following is None or following.startswith("-"):
+            launcher.append(token)
+        else:
+            launcher += [token, following]
+            index += 1
+        index += 1
     return launcher
 
 
@@ -285,13 +299,14 @@ def check_quantization(model_args) -> None:
 
 def check_eval_strategy(training_args, script_args, dataset_args) -> None:
     """Evaluation needs an eval set: a Hub dataset's test split or ``test_split_size``."""
-    if getattr(training_args, "eval_strategy", "no") in ("no", None) or dataset_args.test_split_size:
+    strategy = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy))
+    if strategy == "no" or dataset_args.test_split_size:
         return
     source = script_args.dataset_name or ""
     if source.startswith(SAMPLE_PREFIX) or os.path.exists(os.path.expanduser(source)) or dataset_args.datasets:
         raise ScriptError(
-            f"eval_strategy={training_args.eval_strategy} needs an eval set: set test_split_size (e.g. 0.1) to hold "
-            f"out part of {source or 'the datasets'}, or eval_strategy=no"
+            f"eval_strategy={strategy} needs an eval set: set test_split_size (e.g. 0.1) to hold out part of "
+            f"{source or 'the datasets'}, or eval_strategy=no"
         )
 
 
@@ -330,18 +345,31 @@ def describe_data_source(name: str) -> str:
     return name
 
 
+def loader_options(loader: Callable, training_args) -> dict:
+    """The config's data options that ``loader`` takes (``strings_as_chat``; ``text_column`` from
+    ``dataset_text_field``), so a split made here reads rows as the trainer would."""
+    import inspect
+
+    wanted = {"strings_as_chat": "strings_as_chat", "text_column": "dataset_text_field"}
+    parameters = inspect.signature(loader).parameters
+    return {name: getattr(training_args, field) for name, field in wanted.items() if name in parameters and hasattr(training_args, field)}
+
+
 def load_datasets(script_args, training_args, dataset_args, loader: Callable, *, eval_needed: bool | None = None):
     """``(train, eval)`` for a stage: ``loader`` is the stage's :mod:`coati_hf.data` loader
     (``load_sft_dataset``, ``load_preference_dataset``, ``load_prompt_dataset``).
 
-    ``datasets:`` (TRL's mixture) is loaded with TRL's ``get_dataset``; ``dataset_name`` by
-    :func:`resolve_data_source`. Local sources give one split; ``test_split_size`` holds out an
-    eval part of it (or of a Hub dataset without ``dataset_test_split``).
+    - ``datasets:`` (TRL's mixture) is loaded with TRL's ``get_dataset``.
+    - A local ``dataset_name`` (a file, folder or ``sample:``) is handed to the trainer as a path,
+      which reads it by the config's rules; with ``test_split_size`` it is read here with
+      ``loader`` (and the same rules, :func:`loader_options`) and split.
+    - A Hub ``dataset_name`` is loaded with ``datasets.load_dataset`` (``dataset_config``,
+      ``dataset_streaming``); ``dataset_test_split`` is the eval set, else ``test_split_size``.
     """
     import datasets
 
     if eval_needed is None:
-        eval_needed = getattr(training_args, "eval_strategy", "no") not in ("no", None)
+        eval_needed = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
     test_size = dataset_args.test_split_size
     if dataset_args.datasets:
         if script_args.dataset_name:
@@ -354,11 +382,10 @@ def load_datasets(script_args, training_args, dataset_args, loader: Callable, *,
         raise ScriptError("--dataset_name is required (sample:<name>, a local file, or a Hub dataset), or `datasets:` in the config")
     source = resolve_data_source(script_args.dataset_name)
     if source != script_args.dataset_name or os.path.exists(source):
-        train = loader(source)
-        if test_size:
-            parts = train.train_test_split(test_size=test_size, seed=training_args.seed)
-            return parts["train"], parts["test"]
-        return train, None
+        if not test_size:
+            return source, None
+        parts = loader(source, **loader_options(loader, training_args)).train_test_split(test_size=test_size, seed=training_args.seed)
+        return parts["train"], parts["test"]
     try:
         hub = datasets.load_dataset(source, name=script_args.dataset_config, streaming=script_args.dataset_streaming)
     except Exception as err:  # offline, unknown repo, no access: all one line for the user

@@ -136,7 +136,7 @@ def check(script_args, training_args, model_args, dataset_args) -> None:
 def main(script_args, training_args, model_args, dataset_args) -> None:
     from trl import get_peft_config
 
-    from coati_hf.data import load_pretrain_dataset, load_prompt_dataset
+    from coati_hf.data import load_prompt_dataset
     from coati_hf.ppo.trainer import PPOTrainer
     from coati_hf.scripts import common
 
@@ -151,10 +151,9 @@ def main(script_args, training_args, model_args, dataset_args) -> None:
     train_dataset, eval_dataset = common.load_datasets(
         script_args, training_args, dataset_args, load_prompt_dataset, eval_needed=False
     )
-    pretrain_dataset = None
+    pretrain_dataset = None  # a path or Hub name: the trainer reads it (coati_hf.data.load_pretrain_dataset)
     if script_args.pretrain_dataset:
-        source = common.resolve_data_source(script_args.pretrain_dataset, option="pretrain_dataset")
-        pretrain_dataset = load_pretrain_dataset(source) if os.path.exists(source) else source
+        pretrain_dataset = common.resolve_data_source(script_args.pretrain_dataset, option="pretrain_dataset")
 
     trainer = PPOTrainer(
         args=training_args,
