@@ -236,12 +236,15 @@ def test_cli_launches_accelerate_with_the_recipe_num_processes(sft_config, monke
 
 def test_launcher_option_completion(monkeypatch):
     monkeypatch.setattr(launch, "_accelerate_default_config_exists", lambda: False)
+    monkeypatch.setattr(launch, "default_num_processes", lambda: 1)  # a machine without GPUs
     assert launch.complete_launcher_options([]) == [
         "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"
     ]  # fmt: skip
     assert "--multi_gpu" not in launch.complete_launcher_options(["--num_processes", "1"])
     assert "--multi_gpu" not in launch.complete_launcher_options(["--num_processes", "2", "--use_deepspeed"])
     assert launch.complete_launcher_options(["--config_file", "x.yaml", "--num_processes", "2"]) == ["--config_file", "x.yaml", "--num_processes", "2"]
+    monkeypatch.setattr(launch, "default_num_processes", lambda: 8)  # 8 GPUs: all of them, as accelerate does
+    assert launch.complete_launcher_options([])[:3] == ["--num_processes", "8", "--multi_gpu"]
     monkeypatch.setattr(launch, "_accelerate_default_config_exists", lambda: True)  # the user's `accelerate config`
     assert launch.complete_launcher_options(["--num_processes", "2"]) == ["--num_processes", "2"]
 

@@ -9,5 +9,3 @@ modules. Each module has ``make_parser()``, ``check(...)`` and ``main(...)``; th
 (config files, launcher options, one-line errors, data and model sources) are in
 :mod:`coati_hf.scripts.common`, and ``coati-hf``'s launching in :mod:`coati_hf.scripts.launch`.
 """
-
-STAGES = ("sft", "reward", "ppo")

@@ -54,8 +54,21 @@ class ScriptError(Exception):
     """Bad input a user can fix; printed as one line."""
 
 
+LAUNCHER_EPILOG = (
+    "Launcher options (with `coati-hf <stage>`, on the command line or as keys of the --config file): any option of "
+    "`accelerate launch`, e.g. --num_processes N, --main_process_port PORT, --config_file FILE, and --accelerate_config "
+    "NAME|FILE (shipped: single_process, multi_gpu, deepspeed_zero2, deepspeed_zero3). COATI_HF_STRATEGY=zero2 selects a "
+    "ColossalAI strategy as --colossalai_strategy does."
+)
+
+
 class ScriptParser(TrlParser):
-    """``TrlParser`` whose errors raise :class:`ScriptError` instead of printing the whole usage."""
+    """``TrlParser`` whose errors raise :class:`ScriptError` instead of printing the whole usage;
+    its help ends with the launcher options."""
+
+    def __init__(self, dataclass_types=None, **kwargs):
+        kwargs.setdefault("epilog", LAUNCHER_EPILOG)
+        super().__init__(dataclass_types, **kwargs)
 
     def error(self, message: str):  # argparse calls this for a bad value or a missing argument
         raise ScriptError(message)

@@ -17,7 +17,8 @@ What it does, in order:
    file (given, or accelerate's default one), ``--num_processes N`` with N > 1 adds
    ``--multi_gpu`` (accelerate's name for "N local processes in one group": on a machine without
    GPUs the config's ``use_cpu`` makes that group gloo, see :mod:`coati_hf.runtime`); no
-   ``--num_processes`` (and no distributed flag) means one process; and ``--num_machines 1
+   ``--num_processes`` (and no distributed flag) means accelerate's default, one process per GPU
+   (one process without GPUs), said explicitly; and ``--num_machines 1
    --mixed_precision no --dynamo_backend no`` are filled in (precision is the config's
    ``bf16``/``fp16``, which transformers applies over the launcher's).
 4. Runs ``accelerate launch [launcher options] -m coati_hf.scripts.<stage> [script arguments]`` here;
@@ -105,6 +106,19 @@ def _accelerate_default_config_exists() -> bool:
     return os.path.isfile(default_config_file)
 
 
+def default_num_processes() -> int:
+    """What ``accelerate launch`` takes without a config: one process per accelerator device, or
+    one process on a machine without any."""
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "device_count"):
+        count = accelerator.device_count() if accelerator.is_available() else 0
+    else:
+        count = torch.cuda.device_count()
+    return max(int(count), 1)
+
+
 def complete_launcher_options(tokens: list[str]) -> list[str]:
     """Step 3 of the module docstring."""
     tokens = list(tokens)
@@ -114,8 +128,9 @@ def complete_launcher_options(tokens: list[str]) -> list[str]:
     num_processes = _option_value(tokens, "--num_processes")
     distributed = any(token.split("=", 1)[0] in DISTRIBUTED_FLAGS for token in tokens)
     if num_processes is None and not distributed:
-        tokens += ["--num_processes", "1"]
-    elif num_processes is not None and int(num_processes) > 1 and not distributed:
+        num_processes = str(default_num_processes())
+        tokens += ["--num_processes", num_processes]
+    if num_processes is not None and int(num_processes) > 1 and not distributed:
         tokens.append("--multi_gpu")
     for option, value in QUIET_DEFAULTS:
         if _option_value(tokens, option) is None:
