@@ -7,6 +7,9 @@ transformers and trl load only when a trainer or model helper is first touched.
 from __future__ import annotations
 
 from coati_hf._lazy import install_lazy_attributes
+from coati_hf.quiet import silence_bitsandbytes_cpu_kernel_notice
+
+silence_bitsandbytes_cpu_kernel_notice()  # before peft/transformers can import bitsandbytes
 
 __version__ = "0.1.0"
 

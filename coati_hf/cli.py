@@ -1,5 +1,8 @@
 """The ``coati-hf`` command.
 
+    coati-hf sft|reward|ppo --config FILE [--option value ...] [--num_processes N]
+                                                    a training stage through accelerate launch
+                                                    (coati_hf.scripts; --help lists the options)
     coati-hf demo [--output-dir DIR] [--steps N]   run the pipeline on the embedded SmolLM2
     coati-hf embedded-path                          convert (once) and print the embedded model's folder
     coati-hf push FOLDER REPO_ID [--revision R] [--private] [--token T] [--message M] [--endpoint URL]
@@ -51,9 +54,19 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAINING_HELP = {
+    "sft": "Stage 1: supervised fine-tuning (coati_hf.scripts.sft), launched through accelerate.",
+    "reward": "Stage 2: a reward model (coati_hf.scripts.reward), launched through accelerate.",
+    "ppo": "Stage 3: PPO with the PTX mix (coati_hf.scripts.ppo), launched through accelerate.",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coati-hf", description="ColossalChat's RLHF pipeline for Hugging Face.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    for stage, text in TRAINING_HELP.items():  # parsed by the stage's own parser (see main)
+        commands.add_parser(stage, help=text, add_help=False)
 
     demo = commands.add_parser("demo", help="Run the pipeline on the embedded SmolLM2-135M-Instruct (CPU friendly).")
     demo.add_argument("--output-dir", default="outputs/demo", help="Where every stage writes its model.")
@@ -80,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TRAINING_HELP:  # every other argument belongs to the stage's parser or the launcher
+        from .scripts.launch import launch
+
+        return launch(argv[0], argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     return args.handler(args)

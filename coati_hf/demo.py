@@ -54,14 +54,16 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
     """
     from .data import load_sample
     from .models import EMBEDDED_MODEL_NAME, load_causal_lm, load_sequence_classifier
+    from .quiet import silence_peft_checkpointing_notice
     from .ppo.config import PPOConfig
     from .ppo.trainer import PPOTrainer
     from .reward import RewardConfig, RewardTrainer
     from .sft import SFTConfig, SFTTrainer
 
+    silence_peft_checkpointing_notice()  # peft reads a property transformers 5 deprecated
     output = Path(output_dir)
     folders: dict[str, str] = {}
-    common = dict(report_to="none", logging_steps=1, save_strategy="no", gradient_checkpointing=False, seed=0)
+    common = dict(report_to="none", logging_steps=1, save_strategy="no", activation_checkpointing=False, seed=0)
 
     started = time.time()
     logger.info("[demo] stage 1/3: SFT with LoRA on %s", EMBEDDED_MODEL_NAME)

@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass, field, fields
 
 from .hub.arguments import HubExportArguments
+from .runtime import RunDefaultsMixin
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def hardware_supports_bf16() -> bool:
 
 
 @dataclass
-class CoatiArgumentsMixin(HubExportArguments):
+class CoatiArgumentsMixin(RunDefaultsMixin, HubExportArguments):
     """Fields and defaults added to every coati_hf config (put it first in the bases).
 
     - ``colossalai_strategy``: run the trainer on ColossalAI's booster with this strategy
@@ -49,6 +50,8 @@ class CoatiArgumentsMixin(HubExportArguments):
       TRL's unconditional bf16.
     - The export fields of :class:`coati_hf.hub.arguments.HubExportArguments`
       (``save_adapter_only``, ``card_base_model``, ``card_datasets``, ``card_license``).
+    - The machine's defaults of :class:`coati_hf.runtime.RunDefaultsMixin` (``use_cpu`` and no
+      pinned memory without an accelerator; activation checkpointing on, by its new name).
     """
 
     colossalai_strategy: str | None = field(

@@ -21,7 +21,8 @@ def test_every_subpackage_is_declared_for_the_wheel():
     on_disk = {
         ".".join(path.parent.relative_to(REPO).parts) for path in (REPO / "coati_hf").rglob("__init__.py") if "__pycache__" not in path.parts
     }
-    assert on_disk | {"coati_hf.model_cards"} == set(_declared_packages())
+    mapped_from_outside = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"])
+    assert on_disk | mapped_from_outside == set(_declared_packages())
 
 
 def test_templates_are_in_the_wheel_and_found_where_it_is_installed(tmp_path):
@@ -29,7 +30,7 @@ def test_templates_are_in_the_wheel_and_found_where_it_is_installed(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    for folder in ("coati_hf", "model_cards"):
+    for folder in ("coati_hf", "model_cards", "recipes"):
         shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(tmp_path / "dist"), str(source)],
@@ -42,6 +43,7 @@ def test_templates_are_in_the_wheel_and_found_where_it_is_installed(tmp_path):
     assert templates == ["ppo_actor.md", "ppo_critic.md", "reward_model.md", "sft.md"]
     assert {f"coati_hf/model_cards/{name}" for name in templates} <= names
     assert "coati_hf/data/samples/sft.jsonl" in names and "coati_hf/metrics/reward_accuracy/reward_accuracy.py" in names
+    assert {"coati_hf/recipes/smollm2_cpu/sft.yaml", "coati_hf/recipes/accelerate/multi_gpu.yaml"} <= names
 
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)  # what pip install puts in site-packages

@@ -133,6 +133,9 @@ class ColossalAIAccelerator(Accelerator):
 
     # ---- set-up ------------------------------------------------------------------------------
     def _setup_colossalai(self, plugin: ColossalAIPlugin) -> None:
+        from ..quiet import silence_colossalai_notices
+
+        silence_colossalai_notices()  # before colossalai's imports warn about optional packages
         from colossalai.accelerator import get_accelerator, set_accelerator
         from colossalai.booster import Booster
 

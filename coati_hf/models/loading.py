@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 
+from ..quiet import expected_new_value_head
 from .embedded import embedded_model_dir, is_embedded_name
 
 logger = logging.getLogger(__name__)
@@ -104,9 +105,10 @@ def load_sequence_classifier(name_or_path: str | os.PathLike, dtype=None, tokeni
 
     path = resolve_model_path(name_or_path)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
-    model, info = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=_resolve_dtype(dtype), output_loading_info=True, **kwargs
-    )
+    with expected_new_value_head():  # the new head is initialised below: no MISSING warning for it
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=_resolve_dtype(dtype), output_loading_info=True, **kwargs
+        )
     new_head = [k for k in info.get("missing_keys", ()) if k.split(".")[0] == "score"]
     if new_head:
         init_value_head(model)
