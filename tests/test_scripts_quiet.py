@@ -85,10 +85,13 @@ def test_no_accelerator_means_use_cpu_and_no_pinned_memory(tmp_path, monkeypatch
 
 
 def test_a_new_value_head_is_not_reported_as_missing(tmp_path):
+    """Neither coati_hf's loader nor a RewardTrainer given a causal LM's folder by name reports the
+    value head it initialises on purpose as MISSING; transformers' own load does (control)."""
     import logging
 
     from transformers import AutoModelForSequenceClassification
 
+    from coati_hf import RewardConfig, RewardTrainer
     from coati_hf.models import load_sequence_classifier, save_tiny_llama
 
     class Collect(logging.Handler):
@@ -106,6 +109,9 @@ def test_a_new_value_head_is_not_reported_as_missing(tmp_path):
     try:
         model, _ = load_sequence_classifier(folder)
         assert model.config.num_labels == 1
+        pairs = [{"prompt": "Hi", "chosen": " hello", "rejected": " go away"}] * 4
+        RewardTrainer(model=str(folder), args=RewardConfig(output_dir=str(tmp_path / "rm"), report_to="none"),
+                      train_dataset=__import__("datasets").Dataset.from_list(pairs))
         assert not [m for m in collected.messages if "LOAD REPORT" in m]
         AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)  # control: without coati_hf's context
         assert [m for m in collected.messages if "LOAD REPORT" in m and "MISSING" in m]
