@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +26,6 @@ import torch.nn.functional as F
 import trl
 
 from .colossalai import ColossalAIMixin
-from .quiet import expected_new_value_head
 from .hub.trainer_mixin import AtomicCheckpointMixin, HubExportMixin
 from .data import require_chat_template, to_trl_dataset
 from .metrics import load_metric
@@ -135,9 +133,7 @@ class RewardTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, trl.
         self._reward_metric = load_metric("reward_accuracy")
         self._pair_scores = {"train": defaultdict(list), "eval": defaultdict(list)}
         try:
-            # a model given by name gets its value head here, on purpose: no "MISSING" load report
-            with expected_new_value_head() if new_head else nullcontext():
-                super().__init__(**call, colossalai_plugin=colossalai_plugin)
+            super().__init__(**call, colossalai_plugin=colossalai_plugin)
         except ValueError as err:
             if "num_labels=1" not in str(err):
                 raise
