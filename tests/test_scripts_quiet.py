@@ -33,9 +33,11 @@ def default_run(tmp_path_factory):
         from coati_hf import PPOConfig, RewardConfig, SFTConfig
         from coati_hf.scripts import common, ppo, reward, sft
 
-        for config in (SFTConfig, RewardConfig, PPOConfig):
+        for config in (SFTConfig, RewardConfig):
             args = config(output_dir={str(out)!r})
             assert args.activation_checkpointing is True, config  # TRL's default, by its new name
+        # PPO: off, as TRL 1.12's PPO loop ran (it never switched on what its config declared)
+        assert PPOConfig(output_dir={str(out)!r}).activation_checkpointing is False
         for stage, module in (("sft", sft), ("reward", reward), ("ppo", ppo)):
             common.parse_arguments(module.make_parser(), ["--config", f"recipes/smollm2_cpu/{{stage}}.yaml"])
         print("ok")
