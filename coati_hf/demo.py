@@ -52,6 +52,7 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
     ``steps`` optimizer steps for SFT and RM; ``ppo_steps`` PPO updates (default ``steps // 4``,
     at least 2: a PPO update on 2 CPU cores takes about half a minute).
     """
+    from .chat import mean_score
     from .data import load_sample
     from .models import EMBEDDED_MODEL_NAME, load_causal_lm, load_sequence_classifier
     from .quiet import silence_peft_checkpointing_notice
@@ -87,7 +88,8 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
     preferences = load_sample("preferences")
     rm = RewardTrainer(
         model=reward_model,
-        args=RewardConfig(output_dir=str(output / "reward_model"), max_steps=steps, per_device_train_batch_size=4, learning_rate=2e-4,
+        # a new score head and LoRA: a high rate makes a few steps separate chosen from rejected clearly
+        args=RewardConfig(output_dir=str(output / "reward_model"), max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-3,
                           max_length=256, per_device_eval_batch_size=8, **common),
         train_dataset=preferences.select(_TRAIN_ROWS),
         eval_dataset=preferences.select(_HELD_OUT_ROWS),
@@ -132,31 +134,48 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
     ppo.save_model(str(output / "ppo"))
     folders["ppo"] = str(output / "ppo")
     folders["ppo_log"] = [entry for entry in ppo.state.log_history if "objective/kl" in entry]
-    completions = ppo.generate_completions()
-    logger.info("[demo] sample completions after PPO:\n%s", completions.to_string(max_colwidth=60))
-
-    logger.info("[demo] scoring the SFT and the PPO policy on %d held-out prompts", len(_HELD_OUT_ROWS))
+    logger.info("[demo] answering %d held-out prompts with the SFT and the PPO policy", len(_HELD_OUT_ROWS))
     held_out = list(load_sample("prompts").select(_HELD_OUT_ROWS)["prompt"])
+    answers = {stage: _scored_answers(folders[stage], folders["reward_model"], held_out) for stage in ("sft", "ppo")}
     summary = {
         "reward_model_accuracy": float(rm_accuracy),
         "held_out_pairs": len(_HELD_OUT_ROWS),
         "held_out_prompts": len(held_out),
-        "mean_reward_sft": _mean_reward(folders["sft"], folders["reward_model"], held_out),
-        "mean_reward_ppo": _mean_reward(folders["ppo"], folders["reward_model"], held_out),
+        "ppo_updates": ppo.state.global_step,
+        "mean_reward_sft": mean_score(answers["sft"]),
+        "mean_reward_ppo": mean_score(answers["ppo"]),
         "seconds": time.time() - started,
     }
     folders["summary"] = summary
-    print(closing_summary(folders, summary), flush=True)
+    print(side_by_side(answers["sft"], answers["ppo"]) + "\n" + closing_summary(folders, summary), flush=True)
     return folders
 
 
-def _mean_reward(policy_folder: str, reward_folder: str, prompts: list) -> float:
-    """Mean reward-model score of the policy's greedy answers (``coati-hf generate``'s scoring)."""
-    from .chat import GenerationSettings, generate_and_score, mean_score
+def _scored_answers(policy_folder: str, reward_folder: str, prompts: list) -> list[dict]:
+    """The policy's greedy answers, scored by the reward model (``coati-hf generate``'s scoring)."""
+    from .chat import GenerationSettings, generate_and_score
 
     settings = GenerationSettings(max_new_tokens=_SUMMARY_NEW_TOKENS, temperature=0.0, top_p=1.0)
-    rows = generate_and_score(policy_folder, prompts, reward_folder, settings=settings, progress=False)
-    return mean_score(rows)
+    return generate_and_score(policy_folder, prompts, reward_folder, settings=settings, progress=False)
+
+
+def _shorten(text: str, limit: int = 70) -> str:
+    """One line of at most ``limit`` characters (whole characters: the answers are already so)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def side_by_side(sft_rows: list[dict], ppo_rows: list[dict], count: int = 4) -> str:
+    """The first ``count`` held-out prompts with the SFT and the PPO answer and their scores."""
+    lines = ["", "Held-out prompts, answered before and after PPO (reward-model score in brackets):"]
+    for sft, ppo in list(zip(sft_rows, ppo_rows))[:count]:
+        question = next((m["content"] for m in reversed(sft["prompt"]) if m["role"] == "user"), "")
+        lines += [
+            f"  {_shorten(question)}",
+            f"    SFT [{sft['score']:+.2f}] {_shorten(sft['completion'])}",
+            f"    PPO [{ppo['score']:+.2f}] {_shorten(ppo['completion'])}",
+        ]
+    return "\n".join(lines)
 
 
 def closing_summary(folders: dict, summary: dict) -> str:
@@ -173,7 +192,8 @@ def closing_summary(folders: dict, summary: dict) -> str:
         f"Mean reward on {summary['held_out_prompts']} held-out prompts (greedy answers of up to "
         f"{_SUMMARY_NEW_TOKENS} tokens, scored by the reward model):",
         f"  before PPO (SFT policy)  {summary['mean_reward_sft']:+.3f}",
-        f"  after PPO                {summary['mean_reward_ppo']:+.3f}   ({change:+.3f})",
+        f"  after PPO                {summary['mean_reward_ppo']:+.3f}   ({change:+.3f} after {summary['ppo_updates']} PPO "
+        "updates: a demonstration of the pipeline; real runs take many more)",
         "Talk to the result:",
         f"  coati-hf chat {ppo}",
         f'  coati-hf chat {ppo} --prompt "What is the capital of France?"',

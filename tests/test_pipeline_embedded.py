@@ -84,3 +84,17 @@ def test_the_demo_ends_with_a_summary_a_user_can_act_on(demo_run):
         assert folder in text
     assert f"coati-hf chat {demo_run['ppo']}" in text and f"{summary['reward_model_accuracy']:.2f}" in text
     assert "\ufffd" not in text
+
+
+def test_the_side_by_side_table_shows_the_question_and_whole_one_line_answers():
+    from coati_hf.demo import side_by_side
+
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "什么是人工智能？"}]
+    long_answer = "人工智能是一种让计算机像人一样思考和学习的技术。" * 5
+    text = side_by_side([{"prompt": prompt, "completion": "Line one.\nLine two.", "score": -0.5}],
+                        [{"prompt": prompt, "completion": long_answer, "score": 1.25}])
+    lines = text.splitlines()
+    assert "  什么是人工智能？" in lines and "Be brief." not in text
+    assert "    SFT [-0.50] Line one. Line two." in lines
+    ppo_line = next(line for line in lines if line.startswith("    PPO [+1.25] "))
+    assert ppo_line.endswith("…") and len(ppo_line) <= len("    PPO [+1.25] ") + 70

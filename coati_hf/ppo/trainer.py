@@ -526,7 +526,8 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
         """Near-greedy (temperature 0.01) completions of the eval prompts and their scores.
 
         Returns a ``pandas.DataFrame`` with TRL 1.12's columns ``query``, ``model response`` and
-        ``score`` (None without an eval dataset); ``sampling=True`` stops after one batch.
+        ``score`` (None without an eval dataset). ``sampling=True`` (the periodic call during
+        training) stops after one batch and logs the table; a caller gets the frame to show.
         """
         if self.eval_dataset is None:
             return None
@@ -554,7 +555,7 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
             if sampling:
                 break
         frame = pd.DataFrame(table)
-        if self.accelerator.is_main_process:
+        if sampling and self.accelerator.is_main_process:  # the periodic table during training
             logger.info("Sample completions:\n%s", frame.head(5).to_string())
             if "wandb" in (self.args.report_to or []):
                 import wandb
