@@ -104,10 +104,14 @@ def test_a_new_value_head_is_not_reported_as_missing(tmp_path):
         def emit(self, record):
             self.messages.append(record.getMessage())
 
+    from transformers.utils import logging as hf_logging
+
     folder = save_tiny_llama(tmp_path / "causal_lm")
     collected = Collect()
     target = logging.getLogger(quiet.TRANSFORMERS_LOAD_LOGGER)  # a handler here sees what passed the logger's filters
     target.addHandler(collected)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # transformers' default; the control below needs the report logged
     try:
         model, _ = load_sequence_classifier(folder)
         assert model.config.num_labels == 1
@@ -119,6 +123,7 @@ def test_a_new_value_head_is_not_reported_as_missing(tmp_path):
         assert [m for m in collected.messages if "LOAD REPORT" in m and "MISSING" in m]
     finally:
         target.removeHandler(collected)
+        hf_logging.set_verbosity(verbosity)
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,10 @@ def _guarded(handler):
     """Run ``handler``; a :class:`ChatError` becomes one line on stderr and exit status 1."""
 
     def run(args: argparse.Namespace) -> int:
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a command's output is the answer, not transformers' advice
         try:
             return handler(args)
         except ChatError as error:
@@ -79,6 +83,8 @@ def _guarded(handler):
         except KeyboardInterrupt:
             print(file=sys.stderr)
             return 130
+        finally:
+            hf_logging.set_verbosity(verbosity)  # main() may run inside another program
 
     run.__name__ = handler.__name__
     return run

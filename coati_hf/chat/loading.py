@@ -25,9 +25,10 @@ import logging
 import os
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import ChatError
 from .quantize import (
@@ -307,15 +308,23 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _quiet_transformers() -> None:
-    """No weight-loading progress bars or advisory warnings between the user and the answer."""
-    try:
-        from transformers.utils import logging as hf_logging
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No weight-loading progress bars or advisory warnings between the user and the answer.
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+    Scoped: transformers' verbosity and progress-bar setting are restored on exit, so a library
+    caller (the demo, a notebook, a test) keeps the logging it had."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars_enabled = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_chat_model(
@@ -342,15 +351,15 @@ def load_chat_model(
     torch_dtype = _resolve_dtype(dtype, device)
     if quantize in CPU_MODES and dtype not in ("auto", "float32"):
         raise ChatError(f"--quantize {quantize} quantizes float32 weights; leave --dtype at auto or float32")
-    _quiet_transformers()
     reference = resolve_model_reference(name_or_path)
     if Path(reference).is_dir() and not (_is_full_model(Path(reference)) or _is_adapter(Path(reference))):
         raise _not_a_model(Path(reference))
     load_kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if quantize in ("8bit", "4bit"):
         load_kwargs.update(quantization_config=bitsandbytes_config(quantize), device_map={"": 0})
-    model, tokenizer_folder = _load_weights(reference, "AutoModelForCausalLM", load_kwargs, base_model)
-    tokenizer = _load_tokenizer(tokenizer_folder, model)
+    with _quiet_transformers():
+        model, tokenizer_folder = _load_weights(reference, "AutoModelForCausalLM", load_kwargs, base_model)
+        tokenizer = _load_tokenizer(tokenizer_folder, model)
     notes: list[str] = []
     if quantize in CPU_MODES:
         before = weight_bytes(model)
@@ -374,12 +383,12 @@ def load_reward_model(name_or_path: str | os.PathLike, *, device: str = "auto", 
     names as :func:`load_chat_model`. A folder without a score head is an error, not a model
     with a random head."""
     device = _pick_device(device, None)
-    _quiet_transformers()
     reference = resolve_model_reference(name_or_path)
-    model, tokenizer_folder = _load_weights(
-        reference, "AutoModelForSequenceClassification", {"dtype": _resolve_dtype("float32", device), "num_labels": 1}, base_model
-    )
-    tokenizer = _load_tokenizer(tokenizer_folder, model, padding_side="right")
+    with _quiet_transformers():
+        model, tokenizer_folder = _load_weights(
+            reference, "AutoModelForSequenceClassification", {"dtype": _resolve_dtype("float32", device), "num_labels": 1}, base_model
+        )
+        tokenizer = _load_tokenizer(tokenizer_folder, model, padding_side="right")
     return LoadedModel(model=model.to(device).eval(), tokenizer=tokenizer, source=str(name_or_path))
 
 
