@@ -435,6 +435,7 @@ def test_the_single_pass_update_is_the_general_one_with_fewer_forwards(tmp_path,
     of two; reward whitening and PTX included."""
     from coati_hf.data import load_sample
     from coati_hf.ppo import experience as experience_module
+    from coati_hf.ppo import forward as forward_module
 
     runs = {}
     for name, single in (("general", False), ("single", True)):
@@ -446,7 +447,7 @@ def test_the_single_pass_update_is_the_general_one_with_fewer_forwards(tmp_path,
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(experience_module, "forward_values", counted)
-        monkeypatch.setattr(trainer_module, "forward_values", counted)
+        monkeypatch.setattr(forward_module, "forward_values", counted)  # the update's (PolicyAndValueWrapper)
         monkeypatch.setattr(PPOTrainer, "_single_pass", lambda self, _single=single: _single)
         trainer = build(
             tmp_path / name, tok, whiten_rewards=True, ptx_coef=0.2, pretrain_dataset=load_sample("pretrain"),

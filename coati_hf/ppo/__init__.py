@@ -3,9 +3,10 @@
 The math lives in small modules, each with a docstring that states it:
 :mod:`.advantages` (masked statistics, whitening, reward shaping, GAE), :mod:`.kl` (KL estimators
 and controllers), :mod:`.losses` (clipped policy / value losses, PTX mix, ratio guard, log-probs
-and entropy), :mod:`.generation` (padding, sampling, action masks), :mod:`.experience`
-(``Experience``, ``ExperienceMaker`` and the forward helpers the trainer shares),
-:mod:`.buffer` (``ReplayBuffer``). Names are imported lazily so that ``import coati_hf.ppo``
+and entropy), :mod:`.generation` (padding, sampling, action masks), :mod:`.experience_batch`
+(``Experience``: a rollout batch's tensors and their conventions), :mod:`.experience`
+(``ExperienceMaker``), :mod:`.forward` (the forward passes the rollout and the update share),
+:mod:`.roles` (who plays which part), :mod:`.buffer` (``ReplayBuffer``). Names are imported lazily so that ``import coati_hf.ppo``
 does not load torch or transformers.
 """
 
@@ -16,11 +17,12 @@ from coati_hf._lazy import install_lazy_attributes
 _LAZY = {
     "PPOConfig": ".config",
     "PPOTrainer": ".trainer",
-    "Experience": ".experience",
+    "Experience": ".experience_batch",
     "ExperienceMaker": ".experience",
     "forward_logprobs": ".forward",
     "forward_values": ".forward",
     "forward_scores": ".forward",
+    "PolicyAndValueWrapper": ".forward",
     "ReplayBuffer": ".buffer",
     "FixedKLController": ".kl",
     "AdaptiveKLController": ".kl",

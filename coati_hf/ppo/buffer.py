@@ -27,7 +27,7 @@ from dataclasses import replace
 import torch
 
 from .advantages import compute_gae, masked_whiten
-from .experience import Experience
+from .experience_batch import Experience
 
 __all__ = ["ReplayBuffer"]
 

@@ -15,7 +15,8 @@ Position ids are ``cumsum(attention_mask) - 1`` everywhere, so left padding neve
 Only a model with a ``score`` head that applies to every position's hidden state (transformers'
 ``*ForSequenceClassification`` of a causal LM: Llama, Qwen, GPT-2, ...) can be a critic.
 The rollout (:class:`~coati_hf.ppo.experience.ExperienceMaker`) calls these under no_grad and the
-trainer calls them with gradients: the first update's probability ratio is exactly 1.
+trainer calls them with gradients, through :class:`PolicyAndValueWrapper`: the first update's
+probability ratio is exactly 1.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from __future__ import annotations
 import inspect
 
 import torch
+from torch import nn
 
 from ..models import value_head
 from .generation import position_ids_from_attention_mask
 from .losses import entropy_from_logits, logprobs_from_logits
 
-__all__ = ["forward_logprobs", "forward_values", "forward_scores", "scores_every_position"]
+__all__ = ["forward_logprobs", "forward_values", "forward_scores", "scores_every_position", "PolicyAndValueWrapper"]
 
 
 def _unwrap_peft(model):
@@ -156,3 +158,51 @@ def _right_packed(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id:
     packed_ids = torch.gather(input_ids, 1, order).masked_fill(~packed_mask, pad_id)
     width = max(int(packed_mask.sum(dim=1).max()), 1)
     return packed_ids[:, :width], packed_mask[:, :width].long()
+
+
+class PolicyAndValueWrapper(nn.Module):
+    """Actor and critic as one module, so one optimizer and one distributed wrapper hold both.
+
+    ``forward`` returns the response log-probs, their entropy and the critic's values at the
+    same positions the :class:`~coati_hf.ppo.experience.ExperienceMaker` used, and, when a
+    pretraining batch is given, the actor's language-modelling loss on it (the PTX term).
+    """
+
+    def __init__(self, policy: nn.Module, value_model: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        self.critic_backbone = getattr(value_model, "base_model_prefix", "model")
+
+    @property
+    def config(self):
+        return self.policy.config
+
+    def activation_checkpointing_enable(self, **kwargs):
+        """Checkpoint the actor's activations (the critic's are few: one value per position)."""
+        self.policy.activation_checkpointing_enable(**kwargs)
+        if hasattr(self.policy, "enable_input_require_grads"):
+            self.policy.enable_input_require_grads()  # frozen embeddings under LoRA still pass gradients on
+
+    def activation_checkpointing_disable(self):
+        self.policy.activation_checkpointing_disable()
+
+    def forward(
+        self,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_length: int,
+        temperature: float = 1.0,
+        value_at: str = "state",
+        ptx_input_ids: torch.Tensor | None = None,
+        ptx_attention_mask: torch.Tensor | None = None,
+    ):
+        logprobs, entropy = forward_logprobs(
+            self.policy, sequences, attention_mask, prompt_length, temperature, return_entropy=True
+        )
+        values = forward_values(self.value_model, sequences, attention_mask, prompt_length, value_at)
+        ptx_loss = None
+        if ptx_input_ids is not None:
+            labels = ptx_input_ids.masked_fill(ptx_attention_mask == 0, -100)
+            ptx_loss = self.policy(input_ids=ptx_input_ids, attention_mask=ptx_attention_mask, labels=labels).loss
+        return logprobs, entropy, values, ptx_loss

@@ -42,7 +42,6 @@ import time
 from collections import defaultdict
 
 import torch
-from torch import nn
 from transformers import DataCollatorWithPadding, TrainerCallback
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_utils import TrainOutput
@@ -57,7 +56,7 @@ from ..trainer_common import coati_tags, prepare_pad_token
 from .buffer import ReplayBuffer
 from .config import PPOConfig
 from .experience import ExperienceMaker
-from .forward import forward_logprobs, forward_values
+from .forward import PolicyAndValueWrapper
 from .advantages import masked_mean
 from .kl import build_kl_controller
 from .losses import mix_ptx_loss, policy_loss, ratio_guard_exceeded, value_loss
@@ -67,54 +66,6 @@ from .roles import build_roles
 logger = logging.getLogger(__name__)
 
 PPO_STATE_NAME = "ppo_state.json"
-
-
-class PolicyAndValueWrapper(nn.Module):
-    """Actor and critic as one module, so one optimizer and one distributed wrapper hold both.
-
-    ``forward`` returns the response log-probs, their entropy and the critic's values at the
-    same positions the :class:`~coati_hf.ppo.experience.ExperienceMaker` used, and, when a
-    pretraining batch is given, the actor's language-modelling loss on it (the PTX term).
-    """
-
-    def __init__(self, policy: nn.Module, value_model: nn.Module) -> None:
-        super().__init__()
-        self.policy = policy
-        self.value_model = value_model
-        self.critic_backbone = getattr(value_model, "base_model_prefix", "model")
-
-    @property
-    def config(self):
-        return self.policy.config
-
-    def activation_checkpointing_enable(self, **kwargs):
-        """Checkpoint the actor's activations (the critic's are few: one value per position)."""
-        self.policy.activation_checkpointing_enable(**kwargs)
-        if hasattr(self.policy, "enable_input_require_grads"):
-            self.policy.enable_input_require_grads()  # frozen embeddings under LoRA still pass gradients on
-
-    def activation_checkpointing_disable(self):
-        self.policy.activation_checkpointing_disable()
-
-    def forward(
-        self,
-        sequences: torch.Tensor,
-        attention_mask: torch.Tensor,
-        prompt_length: int,
-        temperature: float = 1.0,
-        value_at: str = "state",
-        ptx_input_ids: torch.Tensor | None = None,
-        ptx_attention_mask: torch.Tensor | None = None,
-    ):
-        logprobs, entropy = forward_logprobs(
-            self.policy, sequences, attention_mask, prompt_length, temperature, return_entropy=True
-        )
-        values = forward_values(self.value_model, sequences, attention_mask, prompt_length, value_at)
-        ptx_loss = None
-        if ptx_input_ids is not None:
-            labels = ptx_input_ids.masked_fill(ptx_attention_mask == 0, -100)
-            ptx_loss = self.policy(input_ids=ptx_input_ids, attention_mask=ptx_attention_mask, labels=labels).loss
-        return logprobs, entropy, values, ptx_loss
 
 
 class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTrainer):
