@@ -565,6 +565,7 @@ def test_lora_is_folded_into_the_weights_for_generation_and_put_back_exactly(tok
     one matmul per layer; afterwards every weight is bit-for-bit what it was, so the reference
     policy (adapter disabled) never drifts."""
     from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
 
     from coati_hf.ppo.generation import lora_merged_for_generation
 
@@ -584,10 +585,16 @@ def test_lora_is_folded_into_the_weights_for_generation_and_put_back_exactly(tok
         hook = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].register_forward_hook(
             lambda *args: calls.append(1)
         )
+        modules_before = dict(model.named_modules())
         with lora_merged_for_generation(model):
             merged = model(**batch).logits
+            wrappers_inside = [name for name, module in model.named_modules() if isinstance(module, LoraLayer)]
         hook.remove()
+        with pytest.raises(RuntimeError, match="mid-generation"), lora_merged_for_generation(model):
+            raise RuntimeError("mid-generation")
     assert not calls  # the adapter branch did not run: the delta was in the weights
+    assert not wrappers_inside  # plain Linear layers generate: no per-layer wrapper call per step
+    assert dict(model.named_modules()) == modules_before  # the same module objects are back, after an error too
     torch.testing.assert_close(merged, unmerged, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(without_adapter, unmerged, atol=1e-2)  # the adapter does change the outputs
     after = model.state_dict()

@@ -182,15 +182,18 @@ def sampling_generation_config(
 
 @contextmanager
 def lora_merged_for_generation(model):
-    """Run the block with every LoRA delta folded into its base weight, the adapter branch off.
+    """Run the block with every LoRA delta folded into its base weight and the plain ``Linear``
+    layers in place of peft's LoRA wrappers.
 
     Unmerged LoRA adds two thin matmuls per adapted layer per decoding step (about 25% of a
-    135M model's generation time on a CPU); with merged weights each layer is one matmul, as in
-    the plain model. The merged weight ``W + scale * B @ A`` is a temporary tensor swapped in
-    for ``W`` and the original tensor is put back afterwards (never ``W + BA - BA``, which would
-    drift in floating point and move the reference policy, i.e. the adapter-disabled model).
-    The sampled distribution is the same as the unmerged model's up to rounding; log-probs are
-    computed afterwards by the unmerged model in any case.
+    135M model's generation time on a CPU), and even a disabled wrapper costs a Python call per
+    layer per step; with merged weights and the wrappers out of the module tree, the model
+    generates as the plain model does. The merged weight ``W + scale * B @ A`` is a temporary
+    tensor swapped in for ``W``, and the original tensor and the wrapper modules are put back
+    afterwards (never ``W + BA - BA``, which would drift in floating point and move the
+    reference policy, i.e. the adapter-disabled model). The sampled distribution is the same as
+    the unmerged model's up to rounding; log-probs are computed afterwards by the unmerged
+    model in any case.
 
     Does nothing unless ``model`` is a peft model whose adapted layers are all plain LoRA
     ``Linear`` layers with one active adapter (no DoRA, not merged already, adapters enabled).
@@ -199,17 +202,22 @@ def lora_merged_for_generation(model):
     if not layers:
         yield
         return
-    saved = []
+    parents = {id(module): (parent, name) for parent in model.modules() for name, module in parent.named_children()}
+    saved_weights, swapped = [], []
     try:
         with torch.no_grad():
             for layer, adapter in layers:
                 base = layer.get_base_layer()
-                saved.append((base, base.weight.data))
+                saved_weights.append((base, base.weight.data))
                 base.weight.data = base.weight.data + layer.get_delta_weight(adapter).to(base.weight.dtype)
-        with model.disable_adapter():
-            yield
+                parent, name = parents[id(layer)]
+                setattr(parent, name, base)
+                swapped.append((parent, name, layer))
+        yield
     finally:
-        for base, original in saved:
+        for parent, name, layer in swapped:
+            setattr(parent, name, layer)
+        for base, original in saved_weights:
             base.weight.data = original
 
 
