@@ -71,6 +71,7 @@ def build(tmp_path, tokenizer, reward_model=None, **overrides) -> PPOTrainer:
     if reward_model is None:
         reward_model, _ = make_tiny_llama("sequence_classification", seed=1, tokenizer=tokenizer)
     pretrain = overrides.pop("pretrain_dataset", None)
+    peft_config = overrides.pop("peft_config", None)
     prompts = Dataset.from_dict({"prompt": PROMPTS})
     return PPOTrainer(
         args=config(tmp_path, **overrides),
@@ -80,6 +81,7 @@ def build(tmp_path, tokenizer, reward_model=None, **overrides) -> PPOTrainer:
         reward_model=reward_model,
         train_dataset=prompts,
         pretrain_dataset=pretrain,
+        peft_config=peft_config,
     )
 
 
@@ -418,7 +420,8 @@ def test_a_bad_strategy_variable_is_named_as_such(tmp_path, tok, monkeypatch):
 
 def test_activation_checkpointing_is_off_by_default_and_really_on_when_asked(tmp_path, tok):
     """TRL 1.12's PPO loop never switched checkpointing on, whatever its config said; coati_hf's
-    default matches what it ran, and asking for it switches it on for real."""
+    default matches what it ran, and asking for it switches it on for real, for the actor and
+    the critic."""
     default = build(tmp_path / "default", tok, total_episodes=4)
     assert default.args.activation_checkpointing is False
     default.train()
@@ -426,6 +429,7 @@ def test_activation_checkpointing_is_off_by_default_and_really_on_when_asked(tmp
     asked = build(tmp_path / "asked", tok, total_episodes=4, activation_checkpointing=True)
     asked.train()
     assert asked.model.policy.is_activation_checkpointing
+    assert asked.model.value_model.is_activation_checkpointing  # the critic's backbone keeps as much as the actor's
 
 
 def test_the_single_pass_update_is_the_general_one_with_fewer_forwards(tmp_path, tok, monkeypatch):
@@ -467,3 +471,36 @@ def test_the_single_pass_update_is_the_general_one_with_fewer_forwards(tmp_path,
     # rollout's no-grad forward and the update's differ in their last bit; lr is 1e-3
     for name in general_weights:
         torch.testing.assert_close(single_weights[name], general_weights[name], rtol=1e-4, atol=1e-5)
+
+
+def test_checkpointing_changes_memory_not_numbers_for_lora_roles(tmp_path, tok):
+    """Four roles on two backbones (LoRA actor, critic adapter on the reward model's backbone):
+    with activation checkpointing on both the actor and the critic recompute their forwards
+    in backward, and the trained adapters and logged losses equal those of a run without it;
+    the reward model, which shares the critic's backbone, still never moves."""
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    runs = {}
+    for checkpointing in (False, True):
+        reward_model, _ = make_tiny_llama("sequence_classification", seed=1, tokenizer=tok)
+        probe = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            reward_before = reward_model(**probe).logits.clone()
+        trainer = build(tmp_path / str(checkpointing), tok, reward_model=reward_model, peft_config=lora,
+                        total_episodes=8, num_ppo_epochs=2, activation_checkpointing=checkpointing)  # fmt: skip
+        trainer.train()
+        logs = step_logs(trainer)
+        actor, critic = trainer.model.policy, trainer.model.value_model
+        assert actor.is_activation_checkpointing is checkpointing and critic.is_activation_checkpointing is checkpointing
+        runs[checkpointing] = (
+            {name: value.detach().clone() for name, value in trainer.model.named_parameters() if value.requires_grad},
+            [log["loss/policy_avg"] for log in logs if "loss/policy_avg" in log],
+        )
+        with torch.no_grad(), critic.disable_adapter():
+            torch.testing.assert_close(reward_model(**probe).logits, reward_before, rtol=0, atol=0)
+    (plain_weights, plain_losses), (checkpointed_weights, checkpointed_losses) = runs[False], runs[True]
+    assert plain_losses and checkpointed_losses == pytest.approx(plain_losses, rel=1e-5, abs=1e-7)
+    assert plain_weights.keys() == checkpointed_weights.keys()
+    for name in plain_weights:
+        torch.testing.assert_close(checkpointed_weights[name], plain_weights[name], rtol=1e-5, atol=1e-6)
