@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -158,16 +159,35 @@ def test_a_non_finite_ratio_is_skipped_not_propagated(tmp_path, tok, monkeypatch
 
 
 def test_a_non_finite_gradient_skips_the_optimizer_step(tmp_path, tok):
-    trainer = build(tmp_path, tok, total_episodes=4)
+    """The step is not taken, and the learning-rate schedule waits for it (as transformers'
+    Trainer does when a step is skipped): the next update trains at the rate the skipped one
+    would have used, and PyTorch's 'scheduler before optimizer' warning never fires."""
+    trainer = build(tmp_path, tok, total_episodes=8, lr_scheduler_type="linear")
     parameter = trainer.model.policy.model.layers[0].mlp.up_proj.weight
-    handle = parameter.register_hook(lambda grad: torch.full_like(grad, float("inf")))
-    before = weights(trainer.model)
-    trainer.train()
+    poisoned = [True]
+    handle = parameter.register_hook(lambda grad: torch.full_like(grad, float("inf")) if poisoned[0] else grad)
+    before, after_first = weights(trainer.model), {}
+    original_optimize = trainer._optimize
+
+    def optimize(*args, **kwargs):  # the first update's gradients are poisoned, the second's are not
+        stats = original_optimize(*args, **kwargs)
+        if poisoned[0]:
+            after_first.update(weights(trainer.model))
+            poisoned[0] = False
+        return stats
+
+    trainer._optimize = optimize
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
     handle.remove()
     logs = step_logs(trainer)
     assert logs[0]["ppo/skipped_steps"] == 1 and logs[0]["ppo/optimizer_steps"] == 0
-    after = weights(trainer.model)
-    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert logs[1]["ppo/skipped_steps"] == 0 and logs[1]["ppo/optimizer_steps"] == 1
+    assert all(torch.equal(before[name], after_first[name]) for name in before)  # the skipped update changed nothing
+    assert logs[1]["lr"] == logs[0]["lr"] == trainer.args.learning_rate  # the schedule waited for the step
+    assert trainer.lr_scheduler.last_epoch == 1  # one step taken, one scheduler step
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
 
 
 def test_weights_that_turn_nan_stop_training_before_any_checkpoint(tmp_path, tok, monkeypatch):

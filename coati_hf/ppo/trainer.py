@@ -11,7 +11,7 @@ One update (``global_step``) of the loop, top to bottom::
                 logπ, V  = model(micro)                            # same positions as the rollout
                 L_actor  = (1 − ptx_coef)·L_clip(logπ, logπ_old, A) + ptx_coef·L_LM(pretrain batch)
                 L        = L_actor + vf_coef·L_V(V, V_old, R)
-    lr_scheduler.step(); KL controller update; log; maybe save a checkpoint
+    KL controller update; lr_scheduler.step() if a step was taken; log; maybe save a checkpoint
 
 The math of each term lives in :mod:`coati_hf.ppo.losses`, :mod:`.advantages` and :mod:`.kl`.
 
@@ -237,7 +237,8 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
             check_finite_weights(self.accelerator.unwrap_model(model), f"update {update}", trainable_only=True)
 
             self.kl_controller.update(self._global_mean_kl(rollout), args.batch_size)
-            self.lr_scheduler.step()
+            if stats["optimizer_steps"]:  # as transformers' Trainer: the schedule waits for a skipped step
+                self.lr_scheduler.step()
             self.state.global_step += 1
             self.state.episode += args.batch_size
             self.state.epoch = self.state.episode / len(self.train_dataset)
