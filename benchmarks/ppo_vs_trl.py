@@ -1,16 +1,17 @@
 """coati_hf's PPOTrainer against TRL 1.12's, side by side, on the same workload and machine.
 
-    python benchmarks/ppo_vs_trl.py                       # 3 repetitions x 3 runs, ~15 min on 2 cores
+    python benchmarks/ppo_vs_trl.py                       # 3 repetitions x 4 runs, ~17 min on 2 cores
     python benchmarks/ppo_vs_trl.py --repeats 1 --iterations 2 --warmup 1    # a quick look
 
 Workload (the same ``PPOTrainer(...)`` call for every run): SmolLM2-135M-Instruct (the embedded
 model, converted once), LoRA r=16 on q/k/v/o, 8 prompts per update (the shipped prompt set,
 chat-templated), 32 new tokens (stop at EOS), one PPO epoch of one minibatch, fp32, a reward
 model and a value model read from the same checkpoint (``num_labels=1``), TRL's defaults
-otherwise (gradient checkpointing on, temperature 0.7, kl_coef 0.05).
+otherwise (temperature 0.7, kl_coef 0.05; TRL 1.12 declares gradient checkpointing but its PPO
+loop never switches it on, and coati_hf's default is off to match).
 
 Runs, each in its own process (peak RSS is a per-process high-water mark), alternated
-A B C A B C ... so drifting machine load hits all of them alike:
+A B C D A B C D ... so drifting machine load hits all of them alike:
 
 - ``trl``: ``trl.experimental.ppo.PPOTrainer`` of TRL 1.12, in ``benchmarks/.venv-trl112``
   (made by ``benchmarks/setup_trl112.sh``: TRL 1.12 with the project's own torch,
@@ -18,7 +19,9 @@ A B C A B C ... so drifting machine load hits all of them alike:
 - ``coati-same``: ``coati_hf.PPOTrainer`` with the very same arguments (an explicit full
   value model, as TRL requires);
 - ``coati-recommended``: ``value_model=None``: the critic is the reward model plus its own
-  LoRA adapter and head, four roles on two backbones.
+  LoRA adapter and head, four roles on two backbones;
+- ``coati-recommended-ckpt``: the same with ``activation_checkpointing=True`` (actor and critic
+  recompute their forwards in backward): the memory-bound choice.
 
 Per run: seconds per steady update (after ``--warmup`` updates), split into generation,
 reference log-probs, policy log-probs, values, reward scores and the update (forward, backward,
@@ -43,7 +46,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TRL_PYTHON = HERE / ".venv-trl112" / "bin" / "python"
-RUNS = ("trl", "coati-same", "coati-recommended")
+RUNS = ("trl", "coati-same", "coati-recommended", "coati-recommended-ckpt")
 PHASES = ("generate", "policy_logprobs", "reference", "values", "reward", "update")
 GIB = 1024**3
 
@@ -208,7 +211,7 @@ def run_trl(model_dir: str, iterations: int) -> dict:
     return _summary(timer, attribute_rest_to="update")
 
 
-def run_coati(model_dir: str, iterations: int, recommended: bool) -> dict:
+def run_coati(model_dir: str, iterations: int, recommended: bool, checkpointing: bool = False) -> dict:
     import coati_hf.ppo.experience as experience
     from coati_hf import PPOConfig, PPOTrainer
 
@@ -253,7 +256,7 @@ def run_coati(model_dir: str, iterations: int, recommended: bool) -> dict:
     maker_class._reference = reference
     PPOTrainer._optimize = timer.wrap("update", PPOTrainer._optimize)
     trainer = PPOTrainer(
-        args=PPOConfig(output_dir=os.environ["BENCH_OUT"], **settings),
+        args=PPOConfig(output_dir=os.environ["BENCH_OUT"], activation_checkpointing=checkpointing, **settings),
         processing_class=tokenizer,
         model=policy,
         ref_model=None,
@@ -291,7 +294,7 @@ def child(kind: str, model_dir: str, iterations: int, out: str) -> None:
     if kind == "trl":
         result = run_trl(model_dir, iterations)
     else:
-        result = run_coati(model_dir, iterations, recommended=(kind == "coati-recommended"))
+        result = run_coati(model_dir, iterations, recommended=kind.startswith("coati-recommended"), checkpointing=kind.endswith("-ckpt"))
     Path(out).write_text(json.dumps(result))
 
 
@@ -372,7 +375,7 @@ def main() -> None:
     parser.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)
     parser.add_argument("--model", help="model folder (default: the converted embedded SmolLM2)")
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--repeats", type=int, default=3, help="repetitions of the A B C sequence")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions of the sequence of runs")
     parser.add_argument("--iterations", type=int, default=4, help="PPO updates per run, warm-up included")
     parser.add_argument("--warmup", type=int, default=1, help="updates left out of the averages")
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
