@@ -90,7 +90,7 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
         model=reward_model,
         # a new score head and LoRA: a high rate makes a few steps separate chosen from rejected clearly
         args=RewardConfig(output_dir=str(output / "reward_model"), max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-3,
-                          max_length=256, per_device_eval_batch_size=8, **common),
+                          max_length=384, per_device_eval_batch_size=8, **common),  # every shipped pair fits
         train_dataset=preferences.select(_TRAIN_ROWS),
         eval_dataset=preferences.select(_HELD_OUT_ROWS),
         processing_class=rm_tokenizer,
@@ -98,6 +98,7 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
     )
     rm.train()
     rm_accuracy = rm.evaluate()["eval_accuracy"]  # logged: the card's model-index reports it too
+    held_out_pairs = len(rm.eval_dataset)  # the pairs the accuracy is over (a pair too long would be dropped)
     rm.create_model_card(dataset_name=_SAMPLE_DESCRIPTIONS["preferences"])
     rm.save_model(str(output / "reward_model"))
     folders["reward_model"] = str(output / "reward_model")
@@ -139,7 +140,7 @@ def run_demo(output_dir: str = "outputs/demo", steps: int = 8, ppo_steps: int | 
     answers = {stage: _scored_answers(folders[stage], folders["reward_model"], held_out) for stage in ("sft", "ppo")}
     summary = {
         "reward_model_accuracy": float(rm_accuracy),
-        "held_out_pairs": len(_HELD_OUT_ROWS),
+        "held_out_pairs": held_out_pairs,
         "held_out_prompts": len(held_out),
         "ppo_updates": ppo.state.global_step,
         "mean_reward_sft": mean_score(answers["sft"]),
