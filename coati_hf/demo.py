@@ -197,7 +197,7 @@ def closing_summary(folders: dict, summary: dict) -> str:
         "updates: a demonstration of the pipeline; real runs take many more)",
         "Talk to the result:",
         f"  coati-hf chat {ppo}",
-        f'  coati-hf chat {ppo} --prompt "What is the capital of France?"',
+        f'  coati-hf chat {ppo} --prompt "What is the capital of France?" --temperature 0   (greedy: the same answer each time)',
         f"  coati-hf serve {ppo}          (a web chat on http://127.0.0.1:7860)",
         f"  coati-hf generate {ppo} --prompts my_prompts.jsonl --output answers.jsonl --reward-model {folders['reward_model']}",
         "",
