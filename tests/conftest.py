@@ -50,6 +50,21 @@ def tiny_reward_model(smol_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny random Llama (untied embeddings) saved with the SmolLM2 tokenizer, as an export
+    folder the chat, generate and serve commands load."""
+    import copy
+
+    from coati_hf.models import make_tiny_llama
+
+    model, tokenizer = make_tiny_llama("causal_lm", seed=0, tokenizer=copy.deepcopy(smol_tokenizer), tie_word_embeddings=False)
+    folder = tmp_path_factory.mktemp("exported") / "policy"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def warm_tiny_policy_dir(tmp_path_factory, smol_tokenizer):
     """A tiny Llama briefly trained on the shipped pretraining text, saved to a folder.
 

@@ -46,19 +46,6 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, smol_tokenizer):
-    import copy
-
-    from coati_hf.models import make_tiny_llama
-
-    model, tokenizer = make_tiny_llama("causal_lm", seed=0, tokenizer=copy.deepcopy(smol_tokenizer), tie_word_embeddings=False)
-    folder = tmp_path_factory.mktemp("exported") / "policy"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
 def reward_dir(tmp_path_factory, smol_tokenizer):
     import copy
 
@@ -72,10 +59,10 @@ def reward_dir(tmp_path_factory, smol_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def loaded(model_dir):
+def loaded(tiny_chat_model_dir):
     from coati_hf.chat import load_chat_model
 
-    return load_chat_model(model_dir, report=None)
+    return load_chat_model(tiny_chat_model_dir, report=None)
 
 
 def greedy_reply(loaded_model, messages, max_new_tokens=8) -> str:
@@ -92,20 +79,20 @@ def user(text: str) -> dict:
 # -- chat --prompt ------------------------------------------------------------------------------
 
 
-def test_chat_prompt_prints_only_the_answer(model_dir, loaded):
-    result = run_cli("chat", model_dir, "--prompt", "What is the water cycle?", *GREEDY)
+def test_chat_prompt_prints_only_the_answer(tiny_chat_model_dir, loaded):
+    result = run_cli("chat", tiny_chat_model_dir, "--prompt", "What is the water cycle?", *GREEDY)
     assert result.returncode == 0, result.stderr
     expected = greedy_reply(loaded, [user("What is the water cycle?")])
     assert expected.strip(), "the tiny model writes words"
     assert result.stdout == expected + "\n"
 
 
-def test_chat_prompt_int8_answers_and_reports_memory(model_dir):
+def test_chat_prompt_int8_answers_and_reports_memory(tiny_chat_model_dir):
     from coati_hf.chat import load_chat_model
 
-    result = run_cli("chat", model_dir, "--prompt", "What is the water cycle?", "--quantize", "int8", *GREEDY)
+    result = run_cli("chat", tiny_chat_model_dir, "--prompt", "What is the water cycle?", "--quantize", "int8", *GREEDY)
     assert result.returncode == 0, result.stderr
-    quantized = load_chat_model(model_dir, quantize="int8", report=None)
+    quantized = load_chat_model(tiny_chat_model_dir, quantize="int8", report=None)
     assert result.stdout == greedy_reply(quantized, [user("What is the water cycle?")]) + "\n"
     memory = re.search(r"weights: ([\d.]+) MiB \(float32\) -> ([\d.]+) MiB \(int8\)", result.stderr)
     assert memory, result.stderr
@@ -130,7 +117,7 @@ def logit_gap(reference: torch.Tensor, approximate: torch.Tensor) -> tuple[float
     ("int8", "coati_hf.chat.quantize.Int8Linear", 0.05, 1e-4),
     ("int8-dynamic", "torch.ao.nn.quantized.dynamic.Linear", 0.10, 1e-3),
 ])  # fmt: skip
-def test_int8_logits_stay_close_to_float32(model_dir, loaded, mode, layer_type, max_relative, max_kl):
+def test_int8_logits_stay_close_to_float32(tiny_chat_model_dir, loaded, mode, layer_type, max_relative, max_kl):
     """Tolerance on a fixed chat input: every logit within ``max_relative`` x the largest fp32
     logit magnitude, every position's next-token distribution within ``max_kl`` nats of fp32's.
     int8: 5% and 1e-4 (measured 1% and 2e-6); int8-dynamic: 10% and 1e-3 (measured 3%, 2e-5)."""
@@ -140,7 +127,7 @@ def test_int8_logits_stay_close_to_float32(model_dir, loaded, mode, layer_type, 
 
     module, _, name = layer_type.rpartition(".")
     quantized_type = getattr(importlib.import_module(module), name)
-    quantized = load_chat_model(model_dir, quantize=mode, report=None)
+    quantized = load_chat_model(tiny_chat_model_dir, quantize=mode, report=None)
     assert any(isinstance(m, quantized_type) for m in quantized.model.modules())
     assert not any(type(m) is torch.nn.Linear for m in quantized.model.modules())  # untied: every Linear
     ids = chat_input_ids(loaded.tokenizer)
@@ -192,14 +179,14 @@ def _reply_of(before: str, typed: str) -> str:
     return rest[:-1]
 
 
-def test_terminal_chat_keeps_the_conversation_across_turns(model_dir, loaded):
+def test_terminal_chat_keeps_the_conversation_across_turns(tiny_chat_model_dir, loaded):
     import pexpect
 
     from coati_hf.chat.session import PROMPT
 
     first, second = "My name is Ada.", "What is my name?"
     child = pexpect.spawn(
-        sys.executable, ["-m", "coati_hf.cli", "chat", model_dir, *GREEDY], env=cli_env(), encoding="utf-8", timeout=240
+        sys.executable, ["-m", "coati_hf.cli", "chat", tiny_chat_model_dir, *GREEDY], env=cli_env(), encoding="utf-8", timeout=240
     )
     try:
         child.expect_exact(PROMPT)
@@ -254,7 +241,7 @@ def test_session_drops_the_oldest_exchange_when_the_context_is_full(loaded):
 
 
 @pytest.fixture(scope="module")
-def adapter_export(tmp_path_factory, model_dir):
+def adapter_export(tmp_path_factory, tiny_chat_model_dir):
     """root/base (a full model), root/sft/adapter (a LoRA on it, its config naming "base" relative
     to the export's parent folder, as coati_hf's exports do) and the tokenizer in root/sft."""
     import shutil
@@ -263,7 +250,7 @@ def adapter_export(tmp_path_factory, model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root = tmp_path_factory.mktemp("exports")
-    shutil.copytree(model_dir, root / "base")
+    shutil.copytree(tiny_chat_model_dir, root / "base")
     model = AutoModelForCausalLM.from_pretrained(root / "base")
     torch.manual_seed(0)
     config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
@@ -318,7 +305,7 @@ def test_adapter_base_named_by_the_embedded_hub_id_resolves_offline(tmp_path, em
 # -- generate ----------------------------------------------------------------------------------
 
 
-def test_generate_writes_one_scored_row_per_prompt(tmp_path, model_dir, reward_dir, loaded):
+def test_generate_writes_one_scored_row_per_prompt(tmp_path, tiny_chat_model_dir, reward_dir, loaded):
     from transformers import AutoModelForSequenceClassification
 
     from coati_hf.chat.batch import load_prompts
@@ -334,7 +321,7 @@ def test_generate_writes_one_scored_row_per_prompt(tmp_path, model_dir, reward_d
     prompts_file.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     out = tmp_path / "out" / "completions.jsonl"
     result = run_cli(
-        "generate", model_dir, "--prompts", str(prompts_file), "--output", str(out), "--reward-model", reward_dir,
+        "generate", tiny_chat_model_dir, "--prompts", str(prompts_file), "--output", str(out), "--reward-model", reward_dir,
         "--batch-size", "2", *GREEDY,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -359,12 +346,12 @@ def test_generate_writes_one_scored_row_per_prompt(tmp_path, model_dir, reward_d
     assert len({round(row["score"], 6) for row in written}) > 1
 
 
-def test_generate_and_score_python_api(model_dir, reward_dir, loaded):
+def test_generate_and_score_python_api(tiny_chat_model_dir, reward_dir, loaded):
     from coati_hf.chat import GenerationSettings, generate_and_score, mean_score
 
     prompts = [[user("Hi")], [user("Explain gravity.")], [user("你好")]]
     settings = GenerationSettings(max_new_tokens=6, temperature=0.0, top_p=1.0)
-    rows = generate_and_score(model_dir, prompts, reward_dir, settings=settings, progress=False)
+    rows = generate_and_score(tiny_chat_model_dir, prompts, reward_dir, settings=settings, progress=False)
     assert [row["prompt"] for row in rows] == prompts
     assert [row["completion"] for row in rows] == [greedy_reply(loaded, p, max_new_tokens=6) for p in prompts]
     assert mean_score(rows) == pytest.approx(sum(row["score"] for row in rows) / 3)
@@ -426,10 +413,10 @@ def _not_a_model(folder: Path) -> str:
     ],
     ids=["not-a-model", "adapter-base-offline", "4bit-without-gpu", "missing-folder", "bad-temperature", "missing-prompts"],
 )  # fmt: skip
-def test_bad_input_is_one_actionable_line(tmp_path, model_dir, capsys, make_args, message):
+def test_bad_input_is_one_actionable_line(tmp_path, tiny_chat_model_dir, capsys, make_args, message):
     from coati_hf.cli import main
 
-    args = make_args(tmp_path, model_dir)
+    args = make_args(tmp_path, tiny_chat_model_dir)
     if "4bit" in args and torch.cuda.is_available():
         pytest.skip("this machine has a GPU: 4bit can run")
     assert main(args) == 1

@@ -38,20 +38,7 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, smol_tokenizer):
-    import copy
-
-    from coati_hf.models import make_tiny_llama
-
-    model, tokenizer = make_tiny_llama("causal_lm", seed=0, tokenizer=copy.deepcopy(smol_tokenizer), tie_word_embeddings=False)
-    folder = tmp_path_factory.mktemp("exported") / "policy"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
+def server(tiny_chat_model_dir, tmp_path_factory):
     """``coati-hf serve`` on 127.0.0.1 and a free port; its URL once the page answers."""
     port = free_port()
     env = dict(os.environ)
@@ -60,7 +47,7 @@ def server(model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "w") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "coati_hf.cli", "serve", model_dir, "--host", "127.0.0.1", "--port", str(port),
+            [sys.executable, "-m", "coati_hf.cli", "serve", tiny_chat_model_dir, "--host", "127.0.0.1", "--port", str(port),
              "--temperature", "0", "--max-new-tokens", "8"],
             stdout=handle, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
@@ -89,7 +76,7 @@ def server(model_dir, tmp_path_factory):
             process.wait()
 
 
-def test_gradio_client_gets_the_whole_answer_from_chat(server, model_dir):
+def test_gradio_client_gets_the_whole_answer_from_chat(server, tiny_chat_model_dir):
     from gradio_client import Client
 
     from coati_hf.chat import GenerationSettings, generate_reply, load_chat_model
@@ -102,7 +89,7 @@ def test_gradio_client_gets_the_whole_answer_from_chat(server, model_dir):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the server (OMP_NUM_THREADS=1): the same greedy choices
     try:
-        loaded = load_chat_model(model_dir, report=None)
+        loaded = load_chat_model(tiny_chat_model_dir, report=None)
         settings = GenerationSettings(8, temperature=0.0, top_p=1.0)
         hi = {"role": "user", "content": "Hi"}
         expected = generate_reply(loaded.model, loaded.tokenizer, [hi], settings)
