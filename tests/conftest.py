@@ -49,6 +49,23 @@ def tiny_reward_model(smol_tokenizer):
     return make_tiny_llama("sequence_classification", seed=0, tokenizer=copy.deepcopy(smol_tokenizer))
 
 
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One intra-op thread while a module's tiny models run, restored for the modules after it.
+
+    Tiny models gain nothing from intra-op threads, and on a busy 2-core machine spin-waiting
+    threads made such modules ~10x slower. With one thread, greedy choices also match those of
+    the CLI subprocesses, which run with OMP_NUM_THREADS=1. Use it with
+    ``pytestmark = pytest.mark.usefixtures("single_torch_thread")`` or as a module fixture's argument.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_chat_model_dir(tmp_path_factory, smol_tokenizer):
     """A tiny random Llama (untied embeddings) saved with the SmolLM2 tokenizer, as an export

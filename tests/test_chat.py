@@ -36,13 +36,7 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Same thread count as the commands under test, so greedy choices match bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

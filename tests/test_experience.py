@@ -49,14 +49,7 @@ class ForceTokens(LogitsProcessor):
         return scores
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine the thread
-    spin-waiting made this file ~10x slower. Restored for the other test modules."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
-import torch
 from huggingface_hub import ModelCard
 from peft import LoraConfig
 
@@ -43,9 +42,8 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def ppo_export(tmp_path_factory, smol_tokenizer):
+def ppo_export(tmp_path_factory, smol_tokenizer, single_torch_thread):
     """A PPO export (actor + critic/, LoRA, card and plots) and a checkpoint folder beside its files."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("ppo_push")
     policy, tokenizer = make_tiny_llama("causal_lm", seed=0, tokenizer=copy.deepcopy(smol_tokenizer))
     reward, _ = make_tiny_llama("sequence_classification", seed=1, tokenizer=tokenizer)

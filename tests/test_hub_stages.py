@@ -44,9 +44,8 @@ def _common(root, name, **overrides):
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory, smol_tokenizer):
+def chain(tmp_path_factory, smol_tokenizer, single_torch_thread):
     """SFT → RM → PPO with LoRA; returns the root folder and the three trainers."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("chain")
     sft_data = load_sample("sft")
     policy, tokenizer = make_tiny_llama("causal_lm", seed=0, tokenizer=copy.deepcopy(smol_tokenizer))

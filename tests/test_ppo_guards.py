@@ -35,12 +35,7 @@ from coati_hf.ppo.trainer import PPOTrainer
 PROMPTS = [f"Question {i}: what comes after {i}?" for i in range(16)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture
