@@ -25,7 +25,7 @@ Three deliberate differences from TRL:
 Coati's additions (see the field help texts): ``ptx_coef``, ``ptx_batch_size``,
 ``experience_batch_size``, ``kl_controller``/``kl_target``/``kl_horizon``, ``reward_placement``,
 ``score_clip``, ``ratio_guard``, ``value_at``, ``policy_loss_reduction``, ``whiten_advantages``,
-``max_prompt_length``/``truncate_prompts``. ``colossalai_strategy`` and the bf16 rule come from
+``max_prompt_length``/``truncate_prompts``, ``critic_adapter_fraction``. ``colossalai_strategy`` and the bf16 rule come from
 :class:`coati_hf.trainer_common.CoatiArgumentsMixin`, shared with the SFT and reward configs.
 Defaults are the TRL / textbook behaviour; Coati's own choices are one option away
 (``reward_placement="all_tokens"``, ``score_clip=5.0``, ``value_at="action"``,
@@ -274,6 +274,15 @@ class PPOConfig(CoatiArgumentsMixin, DataArgumentsMixin, TrainingArguments):
         default=True,
         metadata={"help": "Whiten the advantages over each experience batch (TRL does; Coati does not)."},
     )
+    critic_adapter_fraction: float = field(
+        default=0.25,
+        metadata={
+            "help": "With value_model=None and a peft_config, the critic is the reward model plus its own LoRA "
+            "adapter and value head. This fraction of the reward backbone's layers, counted from the top, carry "
+            "that adapter; the layers below stay the reward model's own, so the critic's backward pass and its "
+            "saved activations stop there, and the reward pass computes them once for both. 1.0: every layer."
+        },
+    )
     max_prompt_length: int | None = field(
         default=None,
         metadata={"help": "Longest prompt (in tokens) accepted. None: no limit."},
@@ -351,6 +360,7 @@ class PPOConfig(CoatiArgumentsMixin, DataArgumentsMixin, TrainingArguments):
         number("ptx_coef", "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
         number("temperature", "a finite number > 0 (PPO samples its responses)", lambda v: v > 0)
         number("missing_eos_penalty", "a finite number >= 0 (it is subtracted from the score)", lambda v: v >= 0)
+        number("critic_adapter_fraction", "in (0, 1]", lambda v: 0.0 < v <= 1.0)
         for name in ("score_clip", "ratio_guard", "max_prompt_length"):
             number(name, "a finite number > 0, or None", lambda v: v > 0)
         if self.kl_controller == "adaptive":

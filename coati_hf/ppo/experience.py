@@ -48,7 +48,14 @@ from .generation import (
     resolve_stop_token_ids,
     truncate_left,
 )
-from .forward import forward_logprobs, forward_scores, forward_values  # noqa: F401 (re-exported for users)
+from .forward import (  # noqa: F401 (forward_* re-exported for users)
+    decoder_layers,
+    forward_logprobs,
+    forward_scores,
+    forward_values,
+    layer_inputs_captured,
+    trunk_split,
+)
 from .kl import build_kl_controller, kl_penalty
 from .roles import tokenizer_difference
 
@@ -140,6 +147,10 @@ class ExperienceMaker:
         merge_lora_for_generation: sample with each LoRA delta folded into its base weight
             (:func:`~coati_hf.ppo.generation.lora_merged_for_generation`: as fast as the plain
             model, same distribution). Turn it off where weights are sharded (Gemini).
+        share_critic_trunk: when the critic is ``reward_model`` plus an adapter on its top layers
+            only, record the hidden states entering the first adapted layer during the reward
+            pass (``Experience.critic_trunk_states``) so the critic's forward passes skip the
+            frozen layers below. Turn it off where modules must run every forward (Gemini).
     """
 
     def __init__(
@@ -158,6 +169,7 @@ class ExperienceMaker:
         reward_add_special_tokens: bool = True,
         prompt_add_special_tokens: bool = False,
         merge_lora_for_generation: bool = True,
+        share_critic_trunk: bool = True,
     ):
         if ref_policy is not None and ref_policy is policy:
             raise ValueError("policy and ref_policy cannot be the same object: pass a copy, or None with a peft policy")
@@ -182,6 +194,7 @@ class ExperienceMaker:
         self.reward_add_special_tokens = reward_add_special_tokens
         self.prompt_add_special_tokens = prompt_add_special_tokens
         self.merge_lora_for_generation = merge_lora_for_generation
+        self.share_critic_trunk = share_critic_trunk
         self.reward_is_function = callable(reward_model) and not isinstance(reward_model, torch.nn.Module)
         self.reward_tokenizer = reward_tokenizer
         self.retokenize_for_reward = not self.reward_is_function and tokenizer_difference(reward_tokenizer, tokenizer) is not None
@@ -238,13 +251,15 @@ class ExperienceMaker:
             attention_mask = torch.cat([prompt_mask.long(), action_mask.long()], dim=1)
 
             # 3. scores; rows whose score is not finite (also once cast to the training dtype) are dropped
-            scores = self._score(sequences, attention_mask, prompt_length, action_mask, prompt_texts).to(device)
+            scores, trunk_states = self._score(sequences, attention_mask, prompt_length, action_mask, prompt_texts)
+            scores = scores.to(device)
             training_dtype = next(self.policy.parameters()).dtype
             finite = torch.isfinite(scores) & torch.isfinite(scores.to(training_dtype))
             num_bad = _count_dropped(finite, "reward score")
             if num_bad:
                 sequences, attention_mask, action_mask = sequences[finite], attention_mask[finite], action_mask[finite]
                 scores, has_stop = scores[finite], has_stop[finite]
+                trunk_states = None if trunk_states is None else trunk_states[finite.to(trunk_states.device)]
             if config.missing_eos_penalty is not None:
                 scores = scores - config.missing_eos_penalty * (~has_stop).float()
 
@@ -273,6 +288,7 @@ class ExperienceMaker:
                 prompt_length=prompt_length,
                 pad_token_id=pad_id,
                 info={"num_nan_scores": num_bad, "num_truncated_prompts": num_truncated},
+                critic_trunk_states=trunk_states,
             )
             if not evaluate_policy_and_critic:
                 return experience
@@ -281,10 +297,15 @@ class ExperienceMaker:
                 sequences, attention_mask, chunk, device,
             )
             if self.critic is not None:
-                values = self._chunked(
-                    lambda s, m: forward_values(self.critic, s, m, prompt_length, config.value_at),
-                    sequences, attention_mask, chunk, _device_of(self.critic),
-                ).to(device)
+                critic_device = _device_of(self.critic)
+                values = torch.cat([
+                    forward_values(
+                        self.critic, sequences[start : start + chunk].to(critic_device),
+                        attention_mask[start : start + chunk].to(critic_device), prompt_length, config.value_at,
+                        None if trunk_states is None else trunk_states[start : start + chunk],
+                    )
+                    for start in range(0, sequences.shape[0], chunk)
+                ]).to(device)  # fmt: skip
             else:
                 values = torch.zeros_like(logprobs)
         return self.complete(experience, logprobs, values)
@@ -401,8 +422,10 @@ class ExperienceMaker:
             logger.info("Truncated %d prompt(s) to their last %d tokens", num_truncated, limit)
         return input_ids, attention_mask, texts, num_truncated
 
-    def _score(self, sequences, attention_mask, prompt_length, action_mask, prompt_texts) -> torch.Tensor:
-        """One score per row (float32, NaN allowed: the caller filters)."""
+    def _score(self, sequences, attention_mask, prompt_length, action_mask, prompt_texts):
+        """One score per row (float32, NaN allowed: the caller filters), and the critic's trunk
+        states recorded on the way (None unless the critic shares the reward model's frozen
+        lower layers: see ``share_critic_trunk``)."""
         lengths = action_mask.sum(dim=-1)
         if self.reward_is_function:
             prompts = [
@@ -418,7 +441,7 @@ class ExperienceMaker:
             values = [float("nan") if v is None else float(v) for v in values]
             if len(values) != len(prompts):
                 raise ValueError(f"the reward function returned {len(values)} scores for {len(prompts)} samples")
-            return torch.tensor(values, dtype=torch.float32)
+            return torch.tensor(values, dtype=torch.float32), None
 
         chunk = self.config.local_rollout_forward_batch_size
         if self.retokenize_for_reward:
@@ -439,7 +462,9 @@ class ExperienceMaker:
             rm_ids, rm_mask = sequences, attention_mask
             score_index = prompt_length + lengths - 1  # the last action token
         device = _device_of(self.reward_model)
-        with self._reward_context():
+        split = self._critic_trunk_split()
+        recorder = nullcontext([]) if split is None else layer_inputs_captured(decoder_layers(self.critic)[split])
+        with self._reward_context(), recorder as trunk_states:
             scores = [
                 forward_scores(
                     self.reward_model,
@@ -449,7 +474,15 @@ class ExperienceMaker:
                 )
                 for start in range(0, rm_ids.shape[0], chunk)
             ]
-        return torch.cat(scores)
+        return torch.cat(scores), (torch.cat(trunk_states) if split is not None else None)
+
+    def _critic_trunk_split(self) -> int | None:
+        """The critic's :func:`~coati_hf.ppo.forward.trunk_split` when the reward pass can record
+        its trunk states (the critic is the reward model plus an adapter on its top layers, read
+        with the policy's ids), else None."""
+        if not self.share_critic_trunk or self.reward_model is not self.critic or self.retokenize_for_reward:
+            return None
+        return trunk_split(self.critic)
 
     @staticmethod
     def _chunked(fn, sequences, attention_mask, chunk, device) -> torch.Tensor:

@@ -22,6 +22,11 @@ Tensor conventions (``B`` rows, ``P`` prompt columns, ``R`` response columns; se
     scores          (B,)     float  reward-model score, minus missing_eos_penalty where no stop
                                     token was generated (before score_clip)
     has_stop        (B,)     bool   a stop token was generated
+    critic_trunk_states  (B, P+R, H) or None
+                                    the hidden states entering the critic's first trainable layer,
+                                    recorded by the reward pass when the critic is the reward
+                                    model plus an adapter on its top layers (the frozen layers
+                                    below are then not run again; see coati_hf.ppo.forward)
 
 Every ``(B, R)`` float tensor is 0 outside ``action_mask``. The score of a sequence is read
 after its last action token (the stop token when there is one), never after padding.
@@ -56,6 +61,7 @@ class Experience:
     prompt_length: int
     pad_token_id: int = 0
     info: dict = field(default_factory=dict)
+    critic_trunk_states: torch.Tensor | None = None
 
     TOKEN_FIELDS = ("action_mask", "logprobs", "ref_logprobs", "values", "rewards", "advantages", "returns", "kl")
     ROW_FIELDS = ("scores", "has_stop")
@@ -108,6 +114,8 @@ class Experience:
             "attention_mask": self.attention_mask[:, keep_from:end],
             "prompt_length": self.prompt_length - keep_from,
         }
+        if self.critic_trunk_states is not None:
+            changes["critic_trunk_states"] = self.critic_trunk_states[:, keep_from:end]
         changes.update({name: getattr(self, name)[:, :keep_to] for name in self.TOKEN_FIELDS})
         return replace(self, **changes)
 
@@ -128,7 +136,8 @@ class Experience:
         def pad_sequence_tensor(e: Experience, tensor: torch.Tensor, value) -> torch.Tensor:
             left = prompt_width - e.prompt_length
             right = response_width - (tensor.shape[1] - e.prompt_length)
-            return torch.nn.functional.pad(tensor, (left, right), value=value)
+            trailing = (0, 0) * (tensor.dim() - 2)  # (B, T, H) tensors pad along T as well
+            return torch.nn.functional.pad(tensor, (*trailing, left, right), value=value)
 
         def pad_token_tensor(tensor: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.pad(tensor, (0, response_width - tensor.shape[1]), value=0)
@@ -141,6 +150,10 @@ class Experience:
             merged[name] = torch.cat([pad_token_tensor(getattr(e, name)) for e in experiences])
         for name in cls.ROW_FIELDS:
             merged[name] = torch.cat([getattr(e, name) for e in experiences])
+        if all(e.critic_trunk_states is not None for e in experiences):  # padding: masked out of every attention
+            merged["critic_trunk_states"] = torch.cat(
+                [pad_sequence_tensor(e, e.critic_trunk_states, 0.0) for e in experiences]
+            )
         return cls(
             **merged,
             prompt_length=prompt_width,

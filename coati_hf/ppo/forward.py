@@ -11,6 +11,12 @@ For ``sequences`` = ``[left-padded prompt (P columns) | response (R columns)]``:
                               ContextPooler: a ``classifier``, not a per-position ``score``) is
                               scored by its own forward on right-packed input instead
 
+A critic whose lower layers are frozen (the reward model plus an adapter on its top layers only,
+see :func:`coati_hf.ppo.roles.critic_adapter_config`) shares those layers with the reward model:
+the reward pass records the hidden states entering the first adapted layer
+(:func:`layer_inputs_captured`) and ``forward_values(..., trunk_states=...)`` starts from them
+(:func:`trunk_replayed`) instead of recomputing the frozen layers.
+
 Position ids are ``cumsum(attention_mask) - 1`` everywhere, so left padding never shifts them.
 Only a model with a ``score`` head that applies to every position's hidden state (transformers'
 ``*ForSequenceClassification`` of a causal LM: Llama, Qwen, GPT-2, ...) can be a critic.
@@ -22,6 +28,7 @@ probability ratio is exactly 1.
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -30,7 +37,17 @@ from ..models import value_head
 from .generation import position_ids_from_attention_mask
 from .losses import entropy_from_logits, logprobs_from_logits
 
-__all__ = ["forward_logprobs", "forward_values", "forward_scores", "scores_every_position", "PolicyAndValueWrapper"]
+__all__ = [
+    "forward_logprobs",
+    "forward_values",
+    "forward_scores",
+    "scores_every_position",
+    "decoder_layers",
+    "trunk_split",
+    "layer_inputs_captured",
+    "trunk_replayed",
+    "PolicyAndValueWrapper",
+]
 
 
 def _unwrap_peft(model):
@@ -68,6 +85,88 @@ def _backbone_and_head(model):
     return backbone, value_head(base)
 
 
+def decoder_layers(model) -> nn.ModuleList | None:
+    """The transformer blocks of a (peft-wrapped) model's backbone, bottom to top, or None when
+    they are not one ``ModuleList`` under a known name."""
+    base = _unwrap_peft(model)
+    backbone = getattr(base, getattr(base, "base_model_prefix", ""), base)
+    for name in ("layers", "h", "blocks", "layer"):
+        layers = getattr(backbone, name, None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    return None
+
+
+def trunk_split(critic) -> int | None:
+    """Index of the critic's first layer with a trainable parameter when the layers below it are
+    all frozen (its "trunk": the reward model's own layers, see
+    :func:`coati_hf.ppo.roles.critic_adapter_config`); None when there is no such trunk."""
+    layers = decoder_layers(critic)
+    if layers is None:
+        return None
+    for index, layer in enumerate(layers):
+        if any(parameter.requires_grad for parameter in layer.parameters()):
+            return index or None
+    return None
+
+
+def _layer_input(args, kwargs) -> torch.Tensor:
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(hidden, torch.Tensor):
+        raise TypeError(f"a decoder layer was called without a hidden-states tensor ({type(hidden).__name__})")
+    return hidden
+
+
+@contextmanager
+def layer_inputs_captured(layer: nn.Module):
+    """Within the block, every call of ``layer`` appends its input hidden states (detached) to
+    the yielded list."""
+    captured: list[torch.Tensor] = []
+
+    def record(module, args, kwargs):
+        captured.append(_layer_input(args, kwargs).detach())
+
+    handle = layer.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def trunk_replayed(layers: nn.ModuleList, split: int, trunk_states: torch.Tensor):
+    """Within the block, a forward of the backbone owning ``layers`` skips layers ``[0, split)``:
+    they pass their input through, and the last of them returns ``trunk_states`` (the input of
+    layer ``split`` recorded by :func:`layer_inputs_captured` for the same rows and columns).
+    The layers' own ``forward`` is restored on exit; their parameters are never touched."""
+    if not 0 < split < len(layers):
+        raise ValueError(f"trunk split {split} is outside the {len(layers)} layers")
+
+    def passthrough(*args, **kwargs):
+        return _layer_input(args, kwargs)
+
+    def replay(*args, **kwargs):
+        hidden = _layer_input(args, kwargs)
+        if hidden.shape[:2] != trunk_states.shape[:2]:
+            raise ValueError(
+                f"recorded trunk states of shape {tuple(trunk_states.shape)} do not match the batch {tuple(hidden.shape)}"
+            )
+        return trunk_states
+
+    skipped = list(layers[:split])
+    saved = [layer.__dict__.get("forward") for layer in skipped]
+    for index, layer in enumerate(skipped):
+        layer.forward = replay if index == split - 1 else passthrough
+    try:
+        yield
+    finally:
+        for layer, forward in zip(skipped, saved):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
+
+
 def forward_logprobs(
     model,
     sequences: torch.Tensor,
@@ -103,28 +202,45 @@ def forward_logprobs(
     return logprobs
 
 
-def _hidden_states_and_head(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+def _hidden_states_and_head(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, trunk_states=None):
     """The last hidden states of a sequence-classification model's backbone at every position,
-    and its ``score`` head (applied by the caller at the positions it needs)."""
+    and its ``score`` head (applied by the caller at the positions it needs). ``trunk_states``:
+    the recorded input of the model's :func:`trunk_split` layer; the frozen layers below it are
+    then not run."""
     backbone, head = _backbone_and_head(model)
-    hidden = backbone(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_attention_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
+    replayed = None
+    if trunk_states is not None:
+        split = trunk_split(model)
+        if split is None:
+            raise ValueError("trunk_states were given for a critic without a frozen trunk (see trunk_split)")
+        replayed = trunk_replayed(decoder_layers(model), split, trunk_states)
+    with replayed or nullcontext():
+        hidden = backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_attention_mask(attention_mask),
+            use_cache=False,
+        ).last_hidden_state
     return hidden, head
 
 
+
 def forward_values(
-    critic, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int, value_at: str = "state"
+    critic,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+    value_at: str = "state",
+    trunk_states: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Critic values ``(B, R)`` in float32: the ``score`` head applied to the backbone's last
     hidden state at position ``prompt_length + t - 1`` (``value_at="state"``) or
-    ``prompt_length + t`` (``"action"``). Differentiable. Not masked."""
+    ``prompt_length + t`` (``"action"``). Differentiable. Not masked. ``trunk_states``: the
+    hidden states entering the critic's first trainable layer, recorded by the reward pass (the
+    frozen layers below are then skipped; see the module docstring)."""
     if value_at not in ("state", "action"):
         raise ValueError(f"value_at must be 'state' or 'action', got {value_at!r}")
-    hidden, head = _hidden_states_and_head(critic, sequences, attention_mask)
+    hidden, head = _hidden_states_and_head(critic, sequences, attention_mask, trunk_states)
     response_width = sequences.shape[1] - prompt_length
     start = prompt_length - 1 if value_at == "state" else prompt_length
     return head(hidden[:, start : start + response_width]).squeeze(-1).float()
@@ -160,6 +276,18 @@ def _right_packed(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id:
     return packed_ids[:, :width], packed_mask[:, :width].long()
 
 
+def _inputs_requiring_grad(module, args, kwargs):
+    """Forward pre-hook: the layer's hidden-states input requires gradients (when grads are on)."""
+    if not torch.is_grad_enabled():
+        return None
+    if args and isinstance(args[0], torch.Tensor) and not args[0].requires_grad:
+        return (args[0].detach().requires_grad_(), *args[1:]), kwargs
+    hidden = kwargs.get("hidden_states")
+    if isinstance(hidden, torch.Tensor) and not hidden.requires_grad:
+        return args, {**kwargs, "hidden_states": hidden.detach().requires_grad_()}
+    return None
+
+
 class PolicyAndValueWrapper(nn.Module):
     """Actor and critic as one module, so one optimizer and one distributed wrapper hold both.
 
@@ -173,26 +301,44 @@ class PolicyAndValueWrapper(nn.Module):
         self.policy = policy
         self.value_model = value_model
         self.critic_backbone = getattr(value_model, "base_model_prefix", "model")
+        self._trunk_grad_hook = None  # see activation_checkpointing_enable
 
     @property
     def config(self):
         return self.policy.config
 
     def activation_checkpointing_enable(self, **kwargs):
-        """Checkpoint the actor's and the critic's activations: both backbones keep the same
-        per-layer tensors for backward (~0.7 GiB each for SmolLM2-135M at 8 x 91 tokens); only
-        the critic's head output is small."""
+        """Checkpoint the actor's and the critic's activations: a backbone keeps the same
+        per-layer tensors for backward (~0.7 GiB for SmolLM2-135M at 8 x 91 tokens).
+
+        Under LoRA the frozen embeddings' output is made to require gradients, so that a
+        reentrant checkpoint of the first layer passes gradients on. A critic with a frozen
+        trunk gets that at its first adapted layer instead: from the embeddings, its backward
+        pass would run (and recompute) every frozen layer below for nothing."""
         for model in (self.policy, self.value_model):
             if not hasattr(model, "activation_checkpointing_enable"):
                 continue
             model.activation_checkpointing_enable(**kwargs)
-            if hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()  # frozen embeddings under LoRA still pass gradients on
+            split = trunk_split(model) if model is self.value_model else None
+            if split is None:
+                if hasattr(model, "enable_input_require_grads"):
+                    model.enable_input_require_grads()
+                continue
+            if hasattr(model, "disable_input_require_grads"):
+                model.disable_input_require_grads()
+            if self._trunk_grad_hook is not None:
+                self._trunk_grad_hook.remove()
+            self._trunk_grad_hook = decoder_layers(model)[split].register_forward_pre_hook(
+                _inputs_requiring_grad, with_kwargs=True
+            )
 
     def activation_checkpointing_disable(self):
         for model in (self.policy, self.value_model):
             if hasattr(model, "activation_checkpointing_disable"):
                 model.activation_checkpointing_disable()
+        if self._trunk_grad_hook is not None:
+            self._trunk_grad_hook.remove()
+            self._trunk_grad_hook = None
 
     def forward(
         self,
@@ -203,11 +349,12 @@ class PolicyAndValueWrapper(nn.Module):
         value_at: str = "state",
         ptx_input_ids: torch.Tensor | None = None,
         ptx_attention_mask: torch.Tensor | None = None,
+        critic_trunk_states: torch.Tensor | None = None,
     ):
         logprobs, entropy = forward_logprobs(
             self.policy, sequences, attention_mask, prompt_length, temperature, return_entropy=True
         )
-        values = forward_values(self.value_model, sequences, attention_mask, prompt_length, value_at)
+        values = forward_values(self.value_model, sequences, attention_mask, prompt_length, value_at, critic_trunk_states)
         ptx_loss = None
         if ptx_input_ids is not None:
             labels = ptx_input_ids.masked_fill(ptx_attention_mask == 0, -100)

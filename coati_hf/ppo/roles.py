@@ -7,8 +7,9 @@ the four roles, with the least memory that keeps each role correct:
                                      itself with its adapter disabled (no copy)
     value_model=None                 a copy of the reward model (Coati: the critic starts from the
                                      reward model); with peft_config, the reward model itself plus
-                                     its own LoRA adapter and head, the reward being read with that
-                                     adapter disabled (two roles, one backbone); from the actor's
+                                     its own LoRA adapter (on the top critic_adapter_fraction of its
+                                     layers) and head, the reward being read with that adapter
+                                     disabled (two roles, one backbone); from the actor's
                                      backbone when the reward is a Python callable or the reward
                                      model reads another vocabulary (the critic reads the actor's ids)
     reward_processing_class=None     the policy's tokenizer when the reward model shares its token
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -48,8 +50,11 @@ class Roles:
     is_peft: bool
 
 
-def build_roles(model, ref_model, reward_model, value_model, tokenizer, reward_tokenizer=None, peft_config=None) -> Roles:
-    """The four PPO roles from the trainer's arguments (see the module docstring)."""
+def build_roles(
+    model, ref_model, reward_model, value_model, tokenizer, reward_tokenizer=None, peft_config=None, critic_adapter_fraction=1.0
+) -> Roles:
+    """The four PPO roles from the trainer's arguments (see the module docstring).
+    ``critic_adapter_fraction``: see :func:`critic_adapter_config`."""
     if reward_model is None:
         raise ValueError("reward_model is required: a sequence-classification model or a callable")
     reward_is_function = callable(reward_model) and not isinstance(reward_model, nn.Module)
@@ -77,7 +82,7 @@ def build_roles(model, ref_model, reward_model, value_model, tokenizer, reward_t
         if reward_is_function or tokenizer_difference(reward_tokenizer, tokenizer) or not scores_every_position(reward_model):
             value_model = _critic_from_policy(model)
         elif peft_config is not None:
-            value_model = _critic_adapter_on(reward_model, peft_config)
+            value_model = _critic_adapter_on(reward_model, peft_config, critic_adapter_fraction)
             reward_shares_critic = True
         else:
             value_model = copy.deepcopy(reward_model)
@@ -222,10 +227,35 @@ def _critic_from_policy(policy):
     return critic
 
 
-def _critic_adapter_on(reward_model, peft_config):
+def _critic_adapter_on(reward_model, peft_config, fraction: float = 1.0):
     """The critic as the reward model plus its own LoRA adapter and a trainable copy of the head."""
     from peft import get_peft_model
 
+    return get_peft_model(reward_model, critic_adapter_config(reward_model, peft_config, fraction))
+
+
+def critic_adapter_config(reward_model, peft_config, fraction: float = 1.0):
+    """The critic's adapter config: the policy's ``peft_config`` for a sequence classifier,
+    restricted to the top ``ceil(fraction * num_hidden_layers)`` layers of the reward backbone.
+
+    Below those layers the critic *is* the frozen reward model: nothing there requires
+    gradients, so the critic's backward pass and its saved activations end at the first adapted
+    layer, and the hidden states entering it are the ones the reward pass computed (see
+    :func:`coati_hf.ppo.forward.trunk_split`). A ``peft_config`` that already names its
+    ``layers_to_transform``, or targets modules by a pattern string (peft then refuses layer
+    indices), is kept as it is."""
     critic_config = copy.deepcopy(peft_config)
     critic_config.task_type = "SEQ_CLS"
-    return get_peft_model(reward_model, critic_config)
+    num_layers = getattr(getattr(reward_model, "config", None), "num_hidden_layers", None)
+    if fraction >= 1.0 or not num_layers or getattr(critic_config, "layers_to_transform", None) is not None:
+        return critic_config
+    if isinstance(getattr(critic_config, "target_modules", None), str):
+        logger.info(
+            "The critic's adapter covers every layer: peft_config.target_modules is a pattern (%r), which peft does not "
+            "combine with layer indices; list the module names to let critic_adapter_fraction take effect.",
+            critic_config.target_modules,
+        )
+        return critic_config
+    adapted = max(1, math.ceil(fraction * num_layers))
+    critic_config.layers_to_transform = list(range(num_layers - adapted, num_layers))
+    return critic_config

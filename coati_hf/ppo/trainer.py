@@ -118,7 +118,10 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
             raise ValueError("processing_class (the policy's tokenizer) is required")
         prepare_pad_token(processing_class, model, role="policy")
 
-        roles = build_roles(model, ref_model, reward_model, value_model, processing_class, reward_processing_class, peft_config)
+        roles = build_roles(
+            model, ref_model, reward_model, value_model, processing_class, reward_processing_class, peft_config,
+            critic_adapter_fraction=args.critic_adapter_fraction,
+        )  # fmt: skip
         model, ref_model, value_model = roles.policy, roles.ref_policy, roles.critic
         self.is_peft_model = roles.is_peft
         self.reward_shares_critic = roles.reward_shares_critic
@@ -160,6 +163,7 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
         # whitened once over the whole buffer in train(), not per experience chunk
         rollout_config.whiten_rewards = False
         rollout_config.whiten_advantages = False
+        gemini = getattr(self, "colossalai_enabled", False) and self.colossalai_plugin.is_gemini
         self.experience_maker = ExperienceMaker(
             policy=model,
             ref_policy=ref_model,
@@ -169,8 +173,10 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
             config=rollout_config,
             reward_tokenizer=roles.reward_tokenizer,
             kl_controller=self.kl_controller,
-            # Gemini shards the weights into chunks: there is no whole base weight to fold LoRA into
-            merge_lora_for_generation=not (getattr(self, "colossalai_enabled", False) and self.colossalai_plugin.is_gemini),
+            # Gemini shards the weights into chunks: there is no whole base weight to fold LoRA into, and its
+            # parameter hooks expect every module to run
+            merge_lora_for_generation=not gemini,
+            share_critic_trunk=not gemini,
         )
         device = self.accelerator.device
         if ref_model is not None:
@@ -354,6 +360,7 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
             value_at=self.args.value_at,
             ptx_input_ids=None if ptx is None else ptx["input_ids"].to(device),
             ptx_attention_mask=None if ptx is None else ptx["attention_mask"].to(device),
+            critic_trunk_states=micro.critic_trunk_states,
         )
 
     def _micro_batch_loss(self, outputs, micro) -> tuple[torch.Tensor, dict[str, float]]:
