@@ -96,6 +96,19 @@ class ColossalAIMixin:
             changes["find_unused_parameters"] = bool(args.ddp_find_unused_parameters)
         return plugin.replace(**changes)
 
+    # ---- training step -----------------------------------------------------------------------
+    def training_step(self, *args, **kwargs):
+        """The Trainer's step, returning a plain tensor. Under Gemini the loss is a ColoTensor,
+        whose in-place operators are out-of-place: the Trainer's running loss
+        (``tr_loss += step``, then ``tr_loss -= tr_loss`` at each log) would never be reset, and
+        every logged loss would be the sum of all the steps before it."""
+        import torch
+
+        loss = super().training_step(*args, **kwargs)
+        if self.colossalai_enabled and isinstance(loss, torch.Tensor) and type(loss) is not torch.Tensor:
+            loss = loss.data  # ColoTensor's .data is a plain tensor (the same storage)
+        return loss
+
     # ---- optimizer and scheduler -------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if optimizer is None and self.colossalai_enabled and self.optimizer is not None:
