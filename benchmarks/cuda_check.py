@@ -3,10 +3,13 @@
     python benchmarks/cuda_check.py              # on a CUDA machine (1 GPU is enough)
     torchrun --nproc_per_node 2 benchmarks/cuda_check.py   # several GPUs
     python benchmarks/cuda_check.py --device cpu # dry run of the script itself on CPU
+    python benchmarks/cuda_check.py --tokenizer .gpu/smollm2   # where the embedded model is absent
 
 Where there is no CUDA GPU it prints why and exits 0 (the test suite never needs a GPU).
 
-Each row trains a ~20M-parameter Llama (SmolLM2 vocabulary, random init, random tokens)
+Each row trains a ~20M-parameter Llama (SmolLM2 vocabulary, random init, random tokens; the
+vocabulary is the embedded model's tokenizer, or ``--tokenizer DIR``'s, e.g. a folder with
+SmolLM2's tokenizer files where the embedded GGUF was never converted)
 for a few steps with ``transformers.Trainer`` + ``ColossalAIMixin`` and records: whether it
 ran, the loss curve against the fp32 DDP row, peak CUDA memory, step time, and whether the
 exported model (``save_model`` -> plain ``from_pretrained``) equals the trained weights.
@@ -110,6 +113,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rows", nargs="+", help="subset, e.g. gemini:bf16 zero2:bf16")
     parser.add_argument("--verbose", action="store_true", help="print tracebacks of failing rows")
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: the converted embedded SmolLM2)")
     args = parser.parse_args(argv)
 
     import torch
@@ -132,7 +136,7 @@ def main(argv=None):
 
     hf_logging.set_verbosity_error()
     state = PartialState(cpu=args.device == "cpu")
-    tokenizer = load_tokenizer(embedded_model_dir())
+    tokenizer = load_tokenizer(args.tokenizer or embedded_model_dir())
     # Learnable sequences (runs of consecutive token ids), so the loss curve goes down.
     ids = [[(start * 7 + k) % 1000 + 100 for k in range(64)] for start in range(64)]
     dataset = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * 64] * 64, "labels": ids})
