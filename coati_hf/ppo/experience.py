@@ -474,7 +474,8 @@ class ExperienceMaker:
                 )
                 for start in range(0, rm_ids.shape[0], chunk)
             ]
-        return torch.cat(scores), (torch.cat(trunk_states) if split is not None else None)
+        usable = split is not None and trunk_states and all(states is not None for states in trunk_states)
+        return torch.cat(scores), (torch.cat(trunk_states) if usable else None)
 
     def _critic_trunk_split(self) -> int | None:
         """The critic's :func:`~coati_hf.ppo.forward.trunk_split` when the reward pass can record

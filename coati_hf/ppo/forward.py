@@ -35,6 +35,8 @@ from torch import nn
 
 from ..models import value_head
 from .generation import position_ids_from_attention_mask
+from .head_logprobs import HeadLogprobs, separable_lm_head
+from .lean_mlp import lean_gated_mlps
 from .losses import entropy_from_logits, logprobs_from_logits
 
 __all__ = [
@@ -120,17 +122,23 @@ def _layer_input(args, kwargs) -> torch.Tensor:
 @contextmanager
 def layer_inputs_captured(layer: nn.Module):
     """Within the block, every call of ``layer`` appends its input hidden states (detached) to
-    the yielded list."""
-    captured: list[torch.Tensor] = []
+    the yielded list. A layer that returns anything but its hidden states (older architectures
+    return tuples) appends None as well: :func:`trunk_replayed` could not stand in for it."""
+    captured: list[torch.Tensor | None] = []
 
     def record(module, args, kwargs):
         captured.append(_layer_input(args, kwargs).detach())
 
-    handle = layer.register_forward_pre_hook(record, with_kwargs=True)
+    def check_output(module, args, output):
+        if not isinstance(output, torch.Tensor):
+            captured.append(None)
+
+    handles = [layer.register_forward_pre_hook(record, with_kwargs=True), layer.register_forward_hook(check_output)]
     try:
         yield captured
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager
@@ -181,7 +189,10 @@ def forward_logprobs(
     ``model`` (logits divided by ``temperature``): column ``t`` comes from the logits at
     position ``prompt_length + t - 1``. With ``return_entropy`` also the per-position entropy
     (without gradient: it is logged, not optimised).
-    Differentiable (call under ``torch.no_grad`` for rollouts). Not masked."""
+    Differentiable (call under ``torch.no_grad`` for rollouts). Not masked. When the model's
+    logits are its frozen linear head applied to the last hidden states (most causal LMs),
+    they are never materialised whole (:mod:`coati_hf.ppo.head_logprobs`); otherwise the
+    model's own forward gives them, ``chunk_size`` rows at a time."""
     response_width = sequences.shape[1] - prompt_length
     kwargs = dict(
         input_ids=sequences,
@@ -189,11 +200,17 @@ def forward_logprobs(
         position_ids=position_ids_from_attention_mask(attention_mask),
         use_cache=False,
     )
+    labels = sequences[:, prompt_length:]
+    separable = separable_lm_head(model, _unwrap_peft(model))
+    if separable is not None:  # the logits are never kept whole (see coati_hf.ppo.head_logprobs)
+        backbone, head = separable
+        hidden = backbone(**kwargs).last_hidden_state[:, -(response_width + 1) : -1]
+        logprobs, entropy = HeadLogprobs.apply(hidden, head.weight, head.bias, labels, float(temperature))
+        return (logprobs, entropy) if return_entropy else logprobs
     if _accepts_kwarg(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = response_width + 1
     logits = model(**kwargs).logits
     logits = logits[:, -(response_width + 1) : -1]
-    labels = sequences[:, prompt_length:]
     logprobs = logprobs_from_logits(logits, labels, temperature, chunk_size)
     if return_entropy:
         with torch.no_grad():  # for logging only: keeping its graph would hold a (B, R, V) softmax
@@ -351,12 +368,16 @@ class PolicyAndValueWrapper(nn.Module):
         ptx_attention_mask: torch.Tensor | None = None,
         critic_trunk_states: torch.Tensor | None = None,
     ):
-        logprobs, entropy = forward_logprobs(
-            self.policy, sequences, attention_mask, prompt_length, temperature, return_entropy=True
-        )
-        values = forward_values(self.value_model, sequences, attention_mask, prompt_length, value_at, critic_trunk_states)
-        ptx_loss = None
-        if ptx_input_ids is not None:
-            labels = ptx_input_ids.masked_fill(ptx_attention_mask == 0, -100)
-            ptx_loss = self.policy(input_ids=ptx_input_ids, attention_mask=ptx_attention_mask, labels=labels).loss
+        # same numbers, a third less MLP activation memory; a checkpointed model keeps only layer inputs anyway,
+        # and its recompute in backward must run the very forward the first pass ran
+        lean = [model for model in (self.policy, self.value_model) if not getattr(model, "is_activation_checkpointing", False)]
+        with lean_gated_mlps(*lean):
+            logprobs, entropy = forward_logprobs(
+                self.policy, sequences, attention_mask, prompt_length, temperature, return_entropy=True
+            )
+            values = forward_values(self.value_model, sequences, attention_mask, prompt_length, value_at, critic_trunk_states)
+            ptx_loss = None
+            if ptx_input_ids is not None:
+                labels = ptx_input_ids.masked_fill(ptx_attention_mask == 0, -100)
+                ptx_loss = self.policy(input_ids=ptx_input_ids, attention_mask=ptx_attention_mask, labels=labels).loss
         return logprobs, entropy, values, ptx_loss
