@@ -25,8 +25,9 @@ Three deliberate differences from TRL:
 Coati's additions (see the field help texts): ``ptx_coef``, ``ptx_batch_size``,
 ``experience_batch_size``, ``kl_controller``/``kl_target``/``kl_horizon``, ``reward_placement``,
 ``score_clip``, ``ratio_guard``, ``value_at``, ``policy_loss_reduction``, ``whiten_advantages``,
-``max_prompt_length``/``truncate_prompts``, ``critic_adapter_fraction``. ``colossalai_strategy`` and the bf16 rule come from
-:class:`coati_hf.trainer_common.CoatiArgumentsMixin`, shared with the SFT and reward configs.
+``max_prompt_length``/``truncate_prompts``; coati_hf's own: ``critic_adapter_fraction`` (how much
+of the reward model's backbone the recommended critic adapts). ``colossalai_strategy`` and the
+bf16 rule come from :class:`coati_hf.trainer_common.CoatiArgumentsMixin`, shared with the SFT and reward configs.
 Defaults are the TRL / textbook behaviour; Coati's own choices are one option away
 (``reward_placement="all_tokens"``, ``score_clip=5.0``, ``value_at="action"``,
 ``policy_loss_reduction="sequence"``, ``whiten_advantages=False``).

@@ -368,14 +368,16 @@ class PolicyAndValueWrapper(nn.Module):
         ptx_attention_mask: torch.Tensor | None = None,
         critic_trunk_states: torch.Tensor | None = None,
     ):
-        # same numbers, a third less MLP activation memory; a checkpointed model keeps only layer inputs anyway,
-        # and its recompute in backward must run the very forward the first pass ran
-        lean = [model for model in (self.policy, self.value_model) if not getattr(model, "is_activation_checkpointing", False)]
-        with lean_gated_mlps(*lean):
+        # Same numbers, a third less MLP activation memory. A checkpointed model keeps only layer inputs
+        # anyway, and its recompute in backward must run the very forward the first pass ran.
+        models = (self.policy, self.value_model)
+        with lean_gated_mlps(*(m for m in models if not getattr(m, "is_activation_checkpointing", False))):
             logprobs, entropy = forward_logprobs(
                 self.policy, sequences, attention_mask, prompt_length, temperature, return_entropy=True
             )
-            values = forward_values(self.value_model, sequences, attention_mask, prompt_length, value_at, critic_trunk_states)
+            values = forward_values(
+                self.value_model, sequences, attention_mask, prompt_length, value_at, critic_trunk_states
+            )
             ptx_loss = None
             if ptx_input_ids is not None:
                 labels = ptx_input_ids.masked_fill(ptx_attention_mask == 0, -100)
