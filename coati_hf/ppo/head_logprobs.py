@@ -122,6 +122,8 @@ def separable_lm_head(model, base: nn.Module) -> tuple[nn.Module, nn.Linear] | N
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if not isinstance(backbone, nn.Module) or type(head) is not nn.Linear or head.weight.requires_grad:
         return None
+    if type(head.weight) is not nn.Parameter:  # sharded or chunk-managed (Gemini, FSDP): read only in hooks
+        return None
     if head.bias is not None and head.bias.requires_grad:
         return None
     if model not in _SEPARABLE:

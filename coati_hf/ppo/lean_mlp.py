@@ -68,7 +68,7 @@ def _computes_the_same(module: nn.Module) -> bool:
 
 def _probe(module: nn.Module) -> bool:
     weight = next((p for p in module.gate_proj.parameters() if p.dim() == 2), None)
-    if weight is None or weight.is_meta:
+    if weight is None or weight.is_meta or type(weight) is not nn.Parameter:  # sharded or chunk-managed weights
         return False
     generator = torch.Generator(device="cpu").manual_seed(0)
     probe = torch.randn(2, 3, weight.shape[1], generator=generator).to(device=weight.device, dtype=weight.dtype)
