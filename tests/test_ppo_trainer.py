@@ -324,3 +324,60 @@ def test_rows_dropped_for_nan_scores_are_refilled_as_masked_rows(tmp_path, tiny_
     assert int((experience.action_mask.sum(dim=-1) == 0).sum()) == 3
     assert trainer.state.log_history[-1]["rollout/nan_scores"] == 3
     assert all(torch.isfinite(p).all() for p in trainer.model.policy.parameters())
+
+
+def _punctuation_reward_model(policy_folder, tokenizer, steps=30):
+    """A sequence-classification reward model (the warm tiny policy's backbone, new head) trained
+    with the pairwise loss to prefer completions with '.' and ',' over the same words without."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(policy_folder, num_labels=1)
+    reward_model.config.pad_token_id = tokenizer.pad_token_id
+    words = load_sample("pretrain")["text"][0].replace(".", " ").replace(",", " ").split()
+    chosen, rejected = [], []
+    for start in range(0, 8 * 24, 8):
+        plain = words[start : start + 8]
+        chosen.append(" ".join(word + ("." if k % 2 else ",") for k, word in enumerate(plain)))
+        rejected.append(" ".join(plain))
+    optimizer = torch.optim.AdamW(reward_model.parameters(), lr=3e-3)
+    for step in range(steps):
+        index = torch.randint(0, len(chosen), (8,), generator=torch.Generator().manual_seed(step))
+        batch = tokenizer([chosen[i] for i in index] + [rejected[i] for i in index], return_tensors="pt", padding=True)
+        scores = reward_model(**batch).logits.squeeze(-1)
+        loss = -torch.nn.functional.logsigmoid(scores[:8] - scores[8:]).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return reward_model.eval()
+
+
+def test_recommended_set_up_raises_a_reward_models_score(tmp_path, warm_tiny_policy_dir):
+    """value_model=None with LoRA (the recommended set-up): the critic is the reward model plus an
+    adapter on its top layer(s), sharing the frozen trunk with the reward pass; PPO still raises
+    the learned reward model's score, and the critic fits its targets (here from ~0.1 to ~3, and
+    the value loss from ~8 to ~1.6)."""
+    from peft import LoraConfig
+
+    policy, tokenizer = _warm_policy(warm_tiny_policy_dir)
+    reward_model = _punctuation_reward_model(warm_tiny_policy_dir, tokenizer)
+    trainer = PPOTrainer(
+        args=_config(tmp_path, per_device_train_batch_size=16, total_episodes=16 * 12),  # critic_adapter_fraction=0.25
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=None,
+        reward_model=reward_model,
+        train_dataset=load_sample("prompts").select(range(96)),
+        value_model=None,
+        peft_config=LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                               task_type="CAUSAL_LM"),
+    )  # fmt: skip
+    assert trainer.reward_shares_critic and trainer.experience_maker.make_experience(["Hi"]).critic_trunk_states is not None
+    held_out = _held_out_prompts(tokenizer)
+    before = _mean_sampled_score(trainer, held_out)
+    trainer.train()
+    after = _mean_sampled_score(trainer, held_out)
+    logs = [entry for entry in trainer.state.log_history if "objective/kl" in entry]
+    value_losses = [entry["loss/value_avg"] for entry in logs]
+    assert after > before + 0.5, (before, after)
+    assert sum(value_losses[-3:]) < sum(value_losses[:3]), value_losses
