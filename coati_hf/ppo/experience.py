@@ -297,15 +297,10 @@ class ExperienceMaker:
                 sequences, attention_mask, chunk, device,
             )
             if self.critic is not None:
-                critic_device = _device_of(self.critic)
-                values = torch.cat([
-                    forward_values(
-                        self.critic, sequences[start : start + chunk].to(critic_device),
-                        attention_mask[start : start + chunk].to(critic_device), prompt_length, config.value_at,
-                        None if trunk_states is None else trunk_states[start : start + chunk],
-                    )
-                    for start in range(0, sequences.shape[0], chunk)
-                ]).to(device)  # fmt: skip
+                values = self._chunked(
+                    lambda s, m, t: forward_values(self.critic, s, m, prompt_length, config.value_at, t),
+                    sequences, attention_mask, chunk, _device_of(self.critic), trunk_states,
+                ).to(device)
             else:
                 values = torch.zeros_like(logprobs)
         return self.complete(experience, logprobs, values)
@@ -486,11 +481,14 @@ class ExperienceMaker:
         return trunk_split(self.critic)
 
     @staticmethod
-    def _chunked(fn, sequences, attention_mask, chunk, device) -> torch.Tensor:
-        out = [
-            fn(sequences[start : start + chunk].to(device), attention_mask[start : start + chunk].to(device))
-            for start in range(0, sequences.shape[0], chunk)
-        ]
+    def _chunked(fn, sequences, attention_mask, chunk, device, *row_tensors) -> torch.Tensor:
+        """``fn`` over ``chunk`` rows at a time of ``sequences``, ``attention_mask`` (moved to
+        ``device``) and any further per-row tensors (None passes through as None)."""
+        out = []
+        for start in range(0, sequences.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            extra = [None if tensor is None else tensor[rows].to(device) for tensor in row_tensors]
+            out.append(fn(sequences[rows].to(device), attention_mask[rows].to(device), *extra))
         return torch.cat(out)
 
     @contextmanager

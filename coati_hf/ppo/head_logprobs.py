@@ -43,6 +43,13 @@ def _chunk_logits(hidden, weight, bias, start, temperature):
     return logits / temperature if temperature != 1.0 else logits
 
 
+def _labels_in_slice(labels, start, width):
+    """Which ``labels`` fall in the vocabulary slice ``[start, start + width)``, and their column
+    in it (clamped into range where they do not, for a gather or scatter that is then masked)."""
+    inside = (labels >= start) & (labels < start + width)
+    return inside, (labels - start).clamp(0, width - 1).unsqueeze(-1)
+
+
 class HeadLogprobs(torch.autograd.Function):
     """``(logprobs, entropy)`` of ``labels`` (B, R) from ``hidden`` (B, R, H) and a frozen linear
     head (``weight`` (V, H), ``bias``); differentiable in ``hidden`` only (the entropy is not
@@ -66,8 +73,7 @@ class HeadLogprobs(torch.autograd.Function):
             exp_sum = exp_sum * rescale + exps.sum(dim=-1)
             weighted_sum = weighted_sum * rescale + (exps * logits).sum(dim=-1)
             running_max = new_max
-            inside = (flat_labels >= start) & (flat_labels < start + logits.shape[-1])
-            index = (flat_labels - start).clamp(0, logits.shape[-1] - 1).unsqueeze(-1)
+            inside, index = _labels_in_slice(flat_labels, start, logits.shape[-1])
             label_logit = torch.where(inside, logits.gather(-1, index).squeeze(-1), label_logit)
         normaliser = running_max + torch.log(exp_sum)
         logprobs = (label_logit - normaliser).reshape(shape)
@@ -94,8 +100,7 @@ class HeadLogprobs(torch.autograd.Function):
                 logits = _chunk_logits(flat, weight, bias, start, temperature)
                 # d logprob / d logits = onehot(label) - softmax; times the incoming gradient
                 grad_logits = torch.exp(logits - normaliser.unsqueeze(-1)).mul_(-grad)
-                inside = (flat_labels >= start) & (flat_labels < start + logits.shape[-1])
-                index = (flat_labels - start).clamp(0, logits.shape[-1] - 1).unsqueeze(-1)
+                inside, index = _labels_in_slice(flat_labels, start, logits.shape[-1])
                 grad_logits.scatter_add_(-1, index, grad * inside.unsqueeze(-1))
                 if temperature != 1.0:
                     grad_logits = grad_logits / temperature
