@@ -10,6 +10,9 @@
     coati-hf chat MODEL [--prompt TEXT]             talk to a model in the terminal (coati_hf.chat)
     coati-hf generate MODEL --prompts F --output O  completions for a prompt file, scored with --reward-model
     coati-hf serve MODEL [--host H] [--port P]      a web chat (Gradio), API endpoint /chat
+    coati-hf eval MODEL [MODEL ...] --prompts F --reward-model RM [--baseline B]
+                                                    held-out evaluation: mean reward (95% CI), win rate,
+                                                    answer length, KL to a reference (coati_hf.evaluation)
 """
 
 from __future__ import annotations
@@ -89,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .chat.commands import add_chat_commands
 
     add_chat_commands(commands)
+
+    from .evaluation.command import add_eval_command
+
+    add_eval_command(commands)
     return parser
 
 

@@ -58,8 +58,12 @@ def generate_completions(
     settings: GenerationSettings | None = None,
     batch_size: int = 8,
     progress: bool = True,
-) -> list[str]:
-    """One reply per prompt (module rules), in order."""
+    *,
+    return_token_ids: bool = False,
+):
+    """One reply per prompt (module rules), in order. ``return_token_ids``: return
+    ``(replies, token_ids)``, each reply's ids as generated up to and including the first end
+    token (absent when the reply reached ``max_new_tokens`` first)."""
     import torch
 
     settings = settings or GREEDY
@@ -69,6 +73,7 @@ def generate_completions(
     ends = set(end_token_ids(model, tokenizer))
     device = next(model.parameters()).device
     completions: list[str] = []
+    token_ids: list[list[int]] = []
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -81,10 +86,11 @@ def generate_completions(
                 for row in output[:, batch["input_ids"].shape[1] :].tolist():
                     cut = next((i for i, token in enumerate(row) if token in ends), len(row))
                     completions.append(decode_whole_characters(tokenizer, row[:cut]))
+                    token_ids.append(row[: cut + 1])
                 bar.update(len(batch["input_ids"]))
     finally:
         tokenizer.padding_side = padding_side
-    return completions
+    return (completions, token_ids) if return_token_ids else completions
 
 
 def _reward_ids(tokenizer, prompt: list[dict], completion: str) -> list[int]:
@@ -135,6 +141,7 @@ def generate_and_score(
     limit: int | None = None,
     quantize: str | None = None,
     progress: bool = True,
+    token_ids: bool = False,
 ) -> list[dict]:
     """Rows ``{"prompt", "completion"[, "score"]}`` for every prompt (module rules).
 
@@ -143,6 +150,8 @@ def generate_and_score(
     with ``tokenizer``. ``prompts``: a file or anything ``load_prompt_dataset`` reads, or a list
     of message lists. ``reward_model``: None, a reward-model folder / name, or a loaded
     sequence classifier with ``reward_tokenizer``. ``settings``: greedy, 128 new tokens by default.
+    ``token_ids``: each row also gets ``"completion_ids"``, the reply's ids as generated, up to
+    and including the first end token (see :func:`generate_completions`).
     """
     from .loading import load_chat_model, load_reward_model
 
@@ -160,8 +169,11 @@ def generate_and_score(
         reward_model, reward_tokenizer = loaded_rm.model, loaded_rm.tokenizer
     elif reward_model is not None and reward_tokenizer is None:
         reward_tokenizer = tokenizer
-    completions = generate_completions(model, tokenizer, prompt_list, settings, batch_size, progress)
+    completions, ids = generate_completions(model, tokenizer, prompt_list, settings, batch_size, progress, return_token_ids=True)
     rows = [{"prompt": prompt, "completion": completion} for prompt, completion in zip(prompt_list, completions)]
+    if token_ids:
+        for row, row_ids in zip(rows, ids):
+            row["completion_ids"] = row_ids
     if reward_model is not None:
         scores = score_completions(reward_model, reward_tokenizer, prompt_list, completions, batch_size, progress)
         for row, score in zip(rows, scores):
