@@ -203,9 +203,9 @@ def forward_logprobs(
     labels = sequences[:, prompt_length:]
     separable = separable_lm_head(model, _unwrap_peft(model))
     if separable is not None:  # the logits are never kept whole (see coati_hf.ppo.head_logprobs)
-        backbone, head = separable
+        backbone, head, transform = separable
         hidden = backbone(**kwargs).last_hidden_state[:, -(response_width + 1) : -1]
-        logprobs, entropy = HeadLogprobs.apply(hidden, head.weight, head.bias, labels, float(temperature))
+        logprobs, entropy = HeadLogprobs.apply(hidden, head.weight, head.bias, labels, float(temperature), transform)
         return (logprobs, entropy) if return_entropy else logprobs
     if _accepts_kwarg(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = response_width + 1

@@ -188,28 +188,36 @@ def lora_merged_for_generation(model):
     Unmerged LoRA adds two thin matmuls per adapted layer per decoding step (about 25% of a
     135M model's generation time on a CPU), and even a disabled wrapper costs a Python call per
     layer per step; with merged weights and the wrappers out of the module tree, the model
-    generates as the plain model does. The merged weight ``W + scale * B @ A`` is a temporary
-    tensor swapped in for ``W``, and the original tensor and the wrapper modules are put back
-    afterwards (never ``W + BA - BA``, which would drift in floating point and move the
-    reference policy, i.e. the adapter-disabled model). The sampled distribution is the same as
-    the unmerged model's up to rounding; log-probs are computed afterwards by the unmerged
-    model in any case.
+    generates as the plain model does. A plain LoRA layer computes, in eval mode,
 
-    Does nothing unless ``model`` is a peft model whose adapted layers are all plain LoRA
-    ``Linear`` layers with one active adapter (no DoRA, not merged already, adapters enabled).
+        W x + b + s (B A x + b_B)  =  (W + s B A) x + (b + s b_B)
+
+    (``s``: its scaling; ``b_B``: lora_B's bias, present only with ``lora_bias=True``), so the
+    folded weight ``W + s B A`` and bias ``b + s b_B`` are temporary tensors swapped in for
+    ``W`` and ``b``, and the original tensors and the wrapper modules are put back afterwards
+    (never ``W + BA - BA``, which would drift in floating point and move the reference policy,
+    i.e. the adapter-disabled model). The sampled distribution is the unmerged model's up to
+    rounding; log-probs are computed afterwards by the unmerged model in any case.
+
+    Does nothing (the model generates unfolded) unless every LoRA layer of the peft ``model`` is
+    one the identity above holds for (:func:`_plain_lora_layers`).
     """
     layers = _plain_lora_layers(model)
     if not layers:
         yield
         return
     parents = {id(module): (parent, name) for parent in model.modules() for name, module in parent.named_children()}
-    saved_weights, swapped = [], []
+    saved_tensors, swapped = [], []
     try:
         with torch.no_grad():
             for layer, adapter in layers:
                 base = layer.get_base_layer()
-                saved_weights.append((base, base.weight.data))
+                saved_tensors.append((base.weight, base.weight.data))
                 base.weight.data = base.weight.data + layer.get_delta_weight(adapter).to(base.weight.dtype)
+                if layer.lora_bias.get(adapter, False):
+                    saved_tensors.append((base.bias, base.bias.data))
+                    delta_bias = layer.lora_B[adapter].bias * layer.scaling[adapter]
+                    base.bias.data = base.bias.data + delta_bias.to(base.bias.dtype)
                 parent, name = parents[id(layer)]
                 setattr(parent, name, base)
                 swapped.append((parent, name, layer))
@@ -217,13 +225,19 @@ def lora_merged_for_generation(model):
     finally:
         for parent, name, layer in swapped:
             setattr(parent, name, layer)
-        for base, original in saved_weights:
-            base.weight.data = original
+        for parameter, original in saved_tensors:
+            parameter.data = original
 
 
 def _plain_lora_layers(model) -> list:
-    """``[(layer, adapter)]`` for every LoRA layer of a peft model whose adapters can be merged
-    for generation as :func:`lora_merged_for_generation` does; [] when any layer cannot."""
+    """``[(layer, adapter)]`` for every LoRA layer of a peft model, when each one can be folded
+    exactly as :func:`lora_merged_for_generation` does; [] when any one cannot. A layer can when
+    it is exactly peft's ``lora.Linear`` (not a quantized or other subclass, its forward not
+    replaced) around a plain linear layer (``nn.Linear``, ``Conv1D``), not merged, its adapters
+    enabled, with at most one active adapter, that adapter plain LoRA (no DoRA, aLoRA, Arrow or
+    any other ``lora_variant``), its dropout inactive, its ``lora_bias`` (if any) foldable into a
+    bias of the base layer, and the base layer's weight and bias held by no other module
+    (folding into a tied weight would change that module too)."""
     if not (hasattr(model, "disable_adapter") and hasattr(model, "peft_config")):
         return []
     try:
@@ -231,22 +245,53 @@ def _plain_lora_layers(model) -> list:
         from peft.tuners.lora import LoraLayer
     except ImportError:
         return []
+    owners: dict[int, int] = {}
+    for _, parameter in model.named_parameters(remove_duplicate=False):
+        owners[id(parameter)] = owners.get(id(parameter), 0) + 1
     layers = []
     for module in model.modules():
         if not isinstance(module, LoraLayer):
             continue
         active = [name for name in module.active_adapters if name in module.lora_A]
-        if (
-            not isinstance(module, LoraLinear)
-            or module.merged
-            or module.disable_adapters
-            or len(active) > 1
-            or any(module.use_dora.get(name, False) for name in active)
-        ):
+        if type(module) is not LoraLinear or "forward" in vars(module) or module.merged or module.disable_adapters:
             return []
-        if active:
-            layers.append((module, active[0]))
+        if len(active) > 1:
+            return []
+        if not active:
+            continue
+        adapter = active[0]
+        if not _foldable(module, adapter, owners):
+            return []
+        layers.append((module, adapter))
     return layers
+
+
+# Base layers that compute exactly ``x W^T + b`` (Conv1D: ``x W + b``, which peft's fan_in_fan_out
+# delta matches). A subclass may compute anything (DeepSeek-V4's grouped o_a_proj is an nn.Linear).
+_PLAIN_BASE_LAYERS = (
+    "torch.nn.modules.linear.Linear",
+    "transformers.pytorch_utils.Conv1D",
+    "transformers.models.falcon.modeling_falcon.FalconLinear",
+)
+
+
+def _foldable(layer, adapter: str, owners: dict[int, int]) -> bool:
+    """Whether ``layer``'s output under ``adapter`` is exactly ``(W + s B A) x + (b + s b_B)``."""
+    if adapter in getattr(layer, "lora_variant", {}) or layer.use_dora.get(adapter, False):
+        return False
+    dropout = layer.lora_dropout[adapter]
+    if dropout.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in dropout.modules()):
+        return False
+    base = layer.get_base_layer()
+    if f"{type(base).__module__}.{type(base).__qualname__}" not in _PLAIN_BASE_LAYERS or "forward" in vars(base):
+        return False
+    weight, bias = getattr(base, "weight", None), getattr(base, "bias", None)
+    if type(weight) is not torch.nn.Parameter or owners.get(id(weight), 0) != 1:
+        return False
+    if layer.lora_bias.get(adapter, False):
+        if type(bias) is not torch.nn.Parameter or owners.get(id(bias), 0) != 1:
+            return False
+    return True
 
 
 @contextmanager
