@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from coati_hf.hub.export import (
     MANIFEST_NAME,
@@ -184,6 +184,28 @@ def test_check_export_names_what_is_missing(tmp_path):
     (tmp_path / "m" / "config.json").unlink()
     with pytest.raises(ExportError, match="incomplete: config.json"):
         check_export(tmp_path / "m")
+
+
+def test_exported_config_keeps_the_bases_real_name_and_use_cache_and_the_tokenizer_its_max_length(tmp_path, smol_tokenizer):
+    from coati_hf.models.embedded import _CONVERTED_MARKER
+
+    model, tokenizer = make_tiny_llama("causal_lm", seed=0, tokenizer=copy.deepcopy(smol_tokenizer))
+    model.config._model_name_or_path = "Smollm2 135M 8k Lc100K Mix1 Ep2"  # what the GGUF conversion leaves
+    converted = tmp_path / "cache" / "SmolLM2-135M-Instruct.Q4_1"
+    model.save_pretrained(converted)
+    tokenizer.save_pretrained(converted)
+    (converted / _CONVERTED_MARKER).write_text("converted")
+    assert json.loads((converted / "tokenizer_config.json").read_text()).get("is_local") is True  # transformers wrote it
+    live = AutoModelForCausalLM.from_pretrained(converted)
+    live.config.use_cache = False  # as gradient checkpointing leaves it after training
+    out = tmp_path / "sft"
+    save_for_hub(_lora(live), AutoTokenizer.from_pretrained(converted), out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["_model_name_or_path"] == EMBEDDED_HUB_ID and config["use_cache"] is True
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert not {"is_local", "local_files_only"} & set(tokenizer_config)
+    assert tokenizer_config["model_max_length"] == config["max_position_embeddings"]
+    assert live.config.use_cache is False  # the live model is untouched
 
 
 # ---------------------------------------------------------------------------------------------

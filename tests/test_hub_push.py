@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -87,6 +88,12 @@ def test_push_is_one_commit_of_exactly_the_export_byte_for_byte(hub, export_copy
 
 
 def test_pushed_cards_name_the_repo_and_the_local_cards_follow(hub, export_copy):
+    from huggingface_hub import EvalResult
+
+    from coati_hf.hub import add_evaluation_results
+
+    add_evaluation_results(export_copy, [EvalResult(task_type="text-generation", dataset_type="local", dataset_name="4 held-out prompts",
+                                                    metric_type="mean_reward", metric_value=0.25)])  # fmt: skip
     before = (export_copy / "README.md").read_text()
     assert 'model_id = "ppo"' in before
     push_export(export_copy, "someone/tiny-ppo")
@@ -98,6 +105,8 @@ def test_pushed_cards_name_the_repo_and_the_local_cards_follow(hub, export_copy)
     lineage = ModelCard.load(export_copy / "README.md").data.to_dict()["coati_hf"]["lineage"]
     assert lineage[-1] == {**lineage[-1], "name": "someone/tiny-ppo", "on_hub": True}
     assert ModelCard.load(export_copy / "README.md").data.to_dict()["model-index"][0]["name"] == "someone/tiny-ppo"
+    lineage_section = (export_copy / "README.md").read_text().split("## Lineage", 1)[1].split("\n## ", 1)[0]
+    assert "[someone/tiny-ppo](https://huggingface.co/someone/tiny-ppo)" in lineage_section and "local folder" not in lineage_section
 
 
 def test_a_second_push_of_another_layout_removes_the_old_model_files_from_the_repo(hub, tmp_path, smol_tokenizer):
@@ -177,3 +186,44 @@ def test_cli_push_pushes_and_reports_failures(online, export_copy, capsys):
     assert "coati-hf push" in capsys.readouterr().err
     assert main(["push", str(export_copy.parent), "someone/x", "--endpoint", "http://127.0.0.1:9"]) == 1
     assert "not a coati_hf export" in capsys.readouterr().err
+
+
+def _lora_sft(root, name, model, tokenizer):
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(output_dir=str(root / name), max_steps=1, per_device_train_batch_size=4, max_length=96, report_to="none",
+                       save_strategy="no", gradient_checkpointing=False, card_base_model="coati-hf-tests/tiny-llama"),
+        train_dataset=load_sample("sft").select(range(4)), processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )  # fmt: skip
+    trainer.train()
+    trainer.save_model()
+    return root / name
+
+
+def test_after_a_push_every_reference_points_at_the_hub(hub, tmp_path, smol_tokenizer, single_torch_thread):
+    from coati_hf.models import load_causal_lm
+
+    first = _lora_sft(tmp_path, "sft", *make_tiny_llama("causal_lm", seed=0, tokenizer=copy.deepcopy(smol_tokenizer)))
+    second = _lora_sft(tmp_path, "sft2", *load_causal_lm(first))  # its adapter's base is the local folder "sft"
+    assert json.loads((second / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "sft"
+    before = _digests(second)
+    with pytest.raises(PushError, match=r"(?s)adapter/adapter_config.json.*'sft'.*coati-hf push .*sft"):
+        push_export(second, "someone/sft2")  # the pushed adapter would load from nowhere
+    assert _digests(second) == before and "someone/sft2" not in hub.repos
+
+    push_export(first, "someone/sft")
+    push_export(second, "someone/sft2")
+    remote = hub.files("someone/sft2")
+    assert json.loads(remote["adapter/adapter_config.json"])["base_model_name_or_path"] == "someone/sft"
+    assert remote["adapter/adapter_config.json"] == (second / "adapter" / "adapter_config.json").read_bytes()
+    assert remote["README.md"] == (second / "README.md").read_bytes()
+    card = ModelCard.load(second / "README.md")
+    assert card.data.to_dict()["base_model"] == "someone/sft"
+    assert 'base_id = "someone/sft"' in card.text and 'base_id = "sft"' not in card.text
+    assert "local folder" not in card.text
+    lineage = card.text.split("## Lineage", 1)[1].split("\n## ", 1)[0]
+    assert "[someone/sft](https://huggingface.co/someone/sft)" in lineage and "[someone/sft2](https://huggingface.co/someone/sft2)" in lineage
+    visible = "\n".join(line for line in card.text.splitlines() if not line.startswith("<!--"))
+    opening = visible.split("\n# ", 1)[1].split("\n\n", 2)[1]
+    assert opening.startswith("This model is a fine-tuned version of [someone/sft](https://huggingface.co/someone/sft)")

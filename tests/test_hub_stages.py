@@ -1,8 +1,9 @@
 """Every stage's save_model writes a Hub-ready export: card, snippet, plots, lineage, checkpoints.
 
-One SFT → reward model → PPO chain on tiny random Llamas (LoRA at every stage, an eval set for
-SFT and RM) is run once for the module; each test reads its folders. Trainers that need other
-settings (adapter-only, checkpoints, a push) run on their own.
+One SFT → reward model → PPO chain on tiny random Llamas (tests/hub_chain.py, LoRA at every
+stage, an eval set for SFT and RM) is run once; each test reads its folders. What the cards say
+is checked in test_hub_card_claims.py. Trainers that need other settings (adapter-only,
+checkpoints, a push) run on their own.
 """
 
 from __future__ import annotations
@@ -20,75 +21,24 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from peft import LoraConfig
 
-from coati_hf import PPOConfig, PPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+from coati_hf import SFTConfig, SFTTrainer
 from coati_hf.data import load_sample
 from coati_hf.hub.export import MANIFEST_NAME, check_export, find_local_paths
-from coati_hf.models import load_causal_lm, load_sequence_classifier, make_tiny_llama
+from coati_hf.models import load_causal_lm, make_tiny_llama
+from hub_standin import metadata_errors
 
-BASE_ID = "coati-hf-tests/tiny-llama"  # the Hub id the tiny base claims, through card_base_model
-FOLDERS = {"sft": "sft", "reward-model": "rm", "ppo": "ppo", "ppo-critic": "ppo/critic"}
+from hub_chain import BASE_ID, FOLDERS, common as _common, lora as _lora
+from hub_chain import chain as _build_chain
+
 STAGE_TAGS = {"sft": "coati-sft", "reward-model": "coati-reward-model", "ppo": "coati-ppo", "ppo-critic": "coati-ppo"}
 PLACEHOLDERS = ("None", "[More Information Needed]", "{{", "}}", "TODO", "nan")
 
 
-def _lora(task_type):
-    return LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type=task_type)
-
-
-def _common(root, name, **overrides):
-    settings = dict(output_dir=str(root / name), report_to="none", logging_steps=1, save_strategy="no", seed=0, disable_tqdm=True)
-    settings.update(overrides)
-    return settings
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, smol_tokenizer, single_torch_thread):
-    """SFT → RM → PPO with LoRA; returns the root folder and the three trainers."""
-    root = tmp_path_factory.mktemp("chain")
-    sft_data = load_sample("sft")
-    policy, tokenizer = make_tiny_llama("causal_lm", seed=0, tokenizer=copy.deepcopy(smol_tokenizer))
-    sft = SFTTrainer(
-        model=policy,
-        args=SFTConfig(**_common(root, "sft", max_steps=3, per_device_train_batch_size=4, learning_rate=5e-3, max_length=96,
-                                 eval_strategy="steps", eval_steps=3, per_device_eval_batch_size=8, gradient_checkpointing=False,
-                                 card_base_model=BASE_ID, card_license="mit", card_datasets=["coati-hf-tests/sft-sample"])),
-        train_dataset=sft_data.select(range(8, 20)),
-        eval_dataset=sft_data.select(range(8)),
-        processing_class=tokenizer,
-        peft_config=_lora("CAUSAL_LM"),
-    )  # fmt: skip
-    sft.train()
-    sft.save_model(str(root / "sft"))
-
-    pairs = load_sample("preferences")
-    reward_model, reward_tokenizer = load_sequence_classifier(root / "sft")
-    rm = RewardTrainer(
-        model=reward_model,
-        args=RewardConfig(**_common(root, "rm", max_steps=3, per_device_train_batch_size=4, learning_rate=5e-3, max_length=256,
-                                    eval_strategy="steps", eval_steps=3, per_device_eval_batch_size=8, gradient_checkpointing=False)),
-        train_dataset=pairs.select(range(8, 20)),
-        eval_dataset=pairs.select(range(8)),
-        processing_class=reward_tokenizer,
-        peft_config=_lora("SEQ_CLS"),
-    )  # fmt: skip
-    rm.train()
-    rm.create_model_card(dataset_name="coati-hf-tests/preference-sample")
-    rm.save_model(str(root / "rm"))
-
-    actor, actor_tokenizer = load_causal_lm(root / "sft")
-    reward, _ = load_sequence_classifier(root / "rm")
-    ppo = PPOTrainer(
-        args=PPOConfig(**_common(root, "ppo", per_device_train_batch_size=4, total_episodes=8, response_length=6, num_ppo_epochs=1,
-                                 learning_rate=1e-3, num_sample_generations=0, activation_checkpointing=False,
-                                 card_datasets=["coati-hf-tests/prompt-sample"])),
-        processing_class=actor_tokenizer, model=actor, ref_model=None, reward_model=reward,
-        train_dataset=load_sample("prompts").select(range(16)), value_model=None, peft_config=_lora("CAUSAL_LM"),
-    )  # fmt: skip
-    ppo.train()
-    ppo.save_model(str(root / "ppo"))
-    return root, {"sft": sft, "reward-model": rm, "ppo": ppo}
+    """SFT → RM → PPO with LoRA (tests/hub_chain.py); the root folder and the three trainers."""
+    return _build_chain(tmp_path_factory, smol_tokenizer)
 
 
 def _card(root: Path, stage: str) -> ModelCard:
@@ -129,30 +79,11 @@ def test_card_yaml_holds_the_hub_fields_with_values_from_the_run(chain, stage):
     expected_data = {"sft": "coati-hf-tests/sft-sample", "reward-model": "coati-hf-tests/preference-sample"}.get(stage, "coati-hf-tests/prompt-sample")
     assert data["datasets"] == [expected_data]
     assert data["coati_hf"]["stage"] == stage
+    assert data["language"] == ["en", "zh"]  # detected in the shipped bilingual samples
     text = (root / FOLDERS[stage] / "README.md").read_text()
+    assert metadata_errors(text) == []
     assert not [word for word in PLACEHOLDERS if re.search(rf"(?<![\w/]){re.escape(word)}(?![\w])", text)], text
     assert find_local_paths(root / FOLDERS[stage], [str(root), os.getcwd(), str(Path.home() / ".cache")]) == []
-
-
-def test_reward_model_index_reports_the_eval_reward_accuracy_of_the_run(chain):
-    root, trainers = chain
-    evals = [e for e in trainers["reward-model"].state.log_history if "eval_accuracy" in e]
-    metrics = {m["name"]: m["value"] for m in _card(root, "reward-model").data.to_dict()["model-index"][0]["results"][0]["metrics"]}
-    assert metrics["eval reward accuracy"] == pytest.approx(evals[-1]["eval_accuracy"])
-    assert metrics["eval mean reward margin"] == pytest.approx(evals[-1]["eval_margin"], abs=1e-6)
-
-
-def test_ppo_model_index_reports_mean_reward_kl_and_reward_before_and_after(chain):
-    root, trainers = chain
-    steps = [e for e in trainers["ppo"].state.log_history if "objective/scores" in e]
-    assert len(steps) == 2
-    results = _card(root, "ppo").data.to_dict()["model-index"][0]["results"][0]["metrics"]
-    values = {m["type"]: m["value"] for m in results}
-    scores = [e["objective/scores"] for e in steps]
-    assert values["reward_before"] == pytest.approx(scores[0], abs=1e-6)
-    assert values["reward_after"] == pytest.approx(scores[-1], abs=1e-6)
-    assert values["mean_reward"] == pytest.approx(sum(scores) / 2, abs=1e-6)
-    assert values["kl"] == pytest.approx(steps[-1]["objective/kl"], abs=1e-6)
 
 
 def test_sft_card_body_has_hyperparameters_results_versions_and_limitations(chain):
@@ -166,17 +97,22 @@ def test_sft_card_body_has_hyperparameters_results_versions_and_limitations(chai
     assert f"{final_eval:.4f}" in text  # parse_log_history's evaluation table
 
 
-def test_ppo_card_shows_the_whole_chain_and_adapters_name_their_bases_relatively(chain):
+def test_ppo_lineage_is_the_policys_chain_with_the_reward_model_as_its_reward_not_its_parent(chain):
     root, _ = chain
-    lineage = _card(root, "ppo").data.to_dict()["coati_hf"]["lineage"]
-    assert [(step["stage"], step["name"], step["on_hub"]) for step in lineage] == [
-        ("base", BASE_ID, True), ("sft", "sft", False), ("reward-model", "rm", False), ("ppo", "ppo", False),
-    ]  # fmt: skip
-    assert "kl_coef" in lineage[-1]["settings"] and "eval reward accuracy" in lineage[2]["settings"]
-    for name in ("sft", "rm", "ppo"):
-        assert f"| {name} |" in _card(root, "ppo").text or f"`{name}`" in _card(root, "ppo").text
+    card = _card(root, "ppo")
+    lineage = card.data.to_dict()["coati_hf"]["lineage"]
+    assert [(step["stage"], step["name"], step["on_hub"]) for step in lineage] == [("base", BASE_ID, True), ("sft", "sft", False), ("ppo", "ppo", False)]
+    assert lineage[-1]["reward"] == {"name": "rm", "on_hub": False}
+    assert "kl_coef" in lineage[-1]["settings"]
+    section = card.text.split("## Lineage")[1].split("\n## ")[0]
+    assert "| 3 | ppo |" in section and "| reward-model |" not in section  # rm is no step of the policy's chain
+    assert re.search(r"[Rr]eward.*`rm`", section), section
     critic_lineage = _card(root, "ppo-critic").data.to_dict()["coati_hf"]["lineage"]
-    assert [step["stage"] for step in critic_lineage] == ["base", "sft", "reward-model", "ppo-critic"]
+    assert [step["stage"] for step in critic_lineage] == ["base", "sft", "reward-model", "ppo-critic"]  # the critic starts from rm
+
+
+def test_adapters_name_their_bases_relatively(chain):
+    root, _ = chain
     bases = {folder: json.loads((root / folder / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
              for folder in ("sft", "rm", "ppo", "ppo/critic")}  # fmt: skip
     assert bases == {"sft": BASE_ID, "rm": "sft", "ppo": "sft", "ppo/critic": "rm"}
@@ -193,6 +129,19 @@ def test_card_snippet_runs_as_written_against_the_folder(chain, stage):
         assert "'label': 'value'" in printed
     else:
         assert printed.endswith("\n")  # the generated answer was printed
+
+
+@pytest.mark.parametrize("stage", ["reward-model", "ppo-critic"])
+def test_a_score_model_loaded_through_its_adapter_keeps_its_label_and_raw_score(chain, stage):
+    import ast
+
+    root, _ = chain
+    blocks = re.findall(r"```python\n(.*?)```", _card(root, stage).text, re.DOTALL)
+    assert len(blocks) == 2  # the merged weights, then the same model through its adapter
+    merged, through_adapter = (ast.literal_eval(_run_snippet(code, cwd=root).strip().splitlines()[-1]) for code in blocks)
+    label = "reward" if stage == "reward-model" else "value"
+    assert merged["label"] == through_adapter["label"] == label
+    assert through_adapter["score"] == pytest.approx(merged["score"], abs=1e-4)  # regression: no sigmoid on either
 
 
 def test_plots_are_valid_pngs_next_to_the_card(chain):

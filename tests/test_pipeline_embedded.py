@@ -60,7 +60,8 @@ def test_every_stage_of_the_demo_has_a_hub_card_naming_the_real_base_model(demo_
         assert data["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and data["license"] == "apache-2.0"
         assert f"coati-{stage}" in data["tags"] and "bundled" in data["datasets"][0]
     lineage = ModelCard.load(Path(demo_run["ppo"]) / "README.md").data.to_dict()["coati_hf"]["lineage"]
-    assert [step["stage"] for step in lineage] == ["base", "sft", "reward-model", "ppo"]
+    assert [step["stage"] for step in lineage] == ["base", "sft", "ppo"]
+    assert lineage[-1]["reward"]["name"] == "reward_model"  # PPO's reward, not its parent
 
 
 def test_the_demo_ends_with_a_summary_a_user_can_act_on(demo_run):

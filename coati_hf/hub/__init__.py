@@ -5,6 +5,9 @@
 - :mod:`.stages`: a trainer's export (weights, card, plots) for SFT, reward model and PPO.
 - :mod:`.cards`, :mod:`.plots`, :mod:`.origin`: the card templates in ``model_cards/``, the
   training curves, and how a model's origin and lineage are named.
+- :mod:`.facts`, :mod:`.results`, :mod:`.language`: what a card states about the run (settings
+  and counts), its held-out results and training statistics, the data's languages;
+  :func:`add_evaluation_results` adds held-out results to an export's card afterwards.
 - :mod:`.atomic`: replace a folder in one step (:func:`atomic_directory`), for exports and
   checkpoints alike.
 - :mod:`.trainer_mixin`: ``save_model`` / ``push_to_hub`` / atomic checkpoints for trainers.
@@ -26,6 +29,7 @@ _LAZY_ATTRS = {
     "staging_area": "coati_hf.hub.atomic",
     "export_trainer_model": "coati_hf.hub.stages",
     "export_ppo": "coati_hf.hub.stages",
+    "add_evaluation_results": "coati_hf.hub.results",
     "push_export": "coati_hf.hub.push",
     "PushError": "coati_hf.hub.push",
     "HubExportMixin": "coati_hf.hub.trainer_mixin",

@@ -16,6 +16,11 @@ files the export owns. Rules:
 
 - A reward model or critic is saved with ``problem_type="regression"`` and one label
   (``reward`` / ``value``), so ``pipeline("text-classification")`` returns the raw score.
+- ``config.json`` names the chain's first model by its real Hub id in ``_model_name_or_path``
+  (not the GGUF's "Smollm2 135M 8k Lc100K Mix1 Ep2" the embedded model's conversion leaves) and
+  has ``use_cache: true`` (training turns the cache off); ``tokenizer_config.json`` has the
+  model's maximum length as ``model_max_length`` (not transformers' 1e30 "unknown") and none of
+  the loading-time keys ``is_local`` / ``local_files_only``.
 - No text file names an absolute local path: the adapter's ``base_model_name_or_path`` is a Hub
   id or a path relative to the export's parent folder, PEFT's stock adapter README (which names
   the local base folder) is not kept, and a final scan refuses to publish an export in which a
@@ -120,6 +125,39 @@ def _save_adapter(model, folder: Path, base_reference: str | None) -> None:
         stock_card.unlink()
 
 
+LOADING_ONLY_TOKENIZER_KEYS = ("is_local", "local_files_only")
+UNKNOWN_MAX_LENGTH = 10**12  # transformers' VERY_LARGE_INTEGER (1e30) means "not set"
+
+
+def _rewrite_json(path: Path, change) -> None:
+    if not path.is_file():
+        return
+    values = json.loads(path.read_text(encoding="utf-8"))
+    change(values)
+    path.write_text(json.dumps(values, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def finish_files(folder: Path, *, base_name: str | None, max_length: int | None) -> None:
+    """Make the saved ``config.json`` and ``tokenizer_config.json`` say what a loader needs
+    (see the module rules); the live model and tokenizer are left as they are."""
+
+    def config(values):
+        if base_name:
+            values["_model_name_or_path"] = base_name
+        else:  # no real name is known: better none than the GGUF's
+            values.pop("_model_name_or_path", None)
+        values["use_cache"] = True
+
+    def tokenizer(values):
+        for key in LOADING_ONLY_TOKENIZER_KEYS:
+            values.pop(key, None)
+        if max_length and (values.get("model_max_length") or UNKNOWN_MAX_LENGTH) >= UNKNOWN_MAX_LENGTH:
+            values["model_max_length"] = int(max_length)
+
+    _rewrite_json(folder / "config.json", config)
+    _rewrite_json(folder / "tokenizer_config.json", tokenizer)
+
+
 def save_weights(
     model,
     tokenizer,
@@ -129,13 +167,15 @@ def save_weights(
     state_dict=None,
     score_label: str | None = None,
     adapter_base: str | None = None,
+    base_name: str | None = None,
 ) -> str:
     """Write ``model`` (and ``tokenizer``) into ``folder`` in the export layout; returns the layout.
 
     ``state_dict``: full weights gathered beforehand when the live model holds only a shard of
     them (ColossalAI Gemini); ignored for PEFT models. ``score_label``: ``"reward"`` or
     ``"value"`` for sequence-classification models. ``adapter_base``: what the adapter config
-    names as its base (a Hub id or a relative path). This writes in place: callers wrap it in
+    names as its base (a Hub id or a relative path). ``base_name``: the Hub id of the chain's
+    first model, for ``config.json``. This writes in place: callers wrap it in
     :func:`coati_hf.hub.atomic.atomic_directory`.
     """
     folder = Path(folder)
@@ -156,6 +196,8 @@ def save_weights(
             model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
+    config = getattr(model.get_base_model() if hasattr(model, "get_base_model") else model, "config", None)
+    finish_files(folder, base_name=base_name, max_length=getattr(config, "max_position_embeddings", None))
     return layout
 
 
@@ -292,7 +334,7 @@ def save_for_hub(
     The adapter names its base by Hub id or relative path (:func:`coati_hf.hub.origin.origin_of`).
     Trainers write the full export, card included, with their ``save_model``.
     """
-    from .origin import origin_of, model_source
+    from .origin import model_source, origin_of
 
     output_dir = str(output_dir)
     if not is_main_process:
@@ -300,6 +342,6 @@ def save_for_hub(
     origin = origin_of(model_source(model), Path(os.path.abspath(output_dir)).parent)
     layout = export_layout(model, adapter_only)
     with export_directory(output_dir, stage=stage, layout=layout, local_paths=local_paths_of(model)) as staged:
-        save_weights(model, tokenizer, staged, adapter_only=adapter_only, state_dict=state_dict,
-                     score_label=score_label, adapter_base=origin.reference)  # fmt: skip
+        save_weights(model, tokenizer, staged, adapter_only=adapter_only, state_dict=state_dict, score_label=score_label,
+                     adapter_base=origin.reference, base_name=origin.base_name)  # fmt: skip
     return output_dir

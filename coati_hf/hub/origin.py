@@ -34,6 +34,7 @@ EMBEDDED_NOTE = (
     "so its weights differ slightly from the original release"
 )
 CARD_KEY = "coati_hf"  # the card's own YAML block: stage, reference, lineage
+LOCAL_DATASET_TYPE = "local"  # model-index dataset type of data that is not on the Hub (described in its name)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _FILE_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas", "sql", "xml"}
 _HF_CACHE_SNAPSHOT = re.compile(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]")
@@ -50,6 +51,7 @@ class Origin:
 
     reference: str | None = None
     hub_id: str | None = None
+    same_as_hub: str | None = None  # a Hub id naming the very weights of ``reference`` (None: not on the Hub)
     lineage: list[dict] = field(default_factory=list)
     license: str | None = None
     datasets: list[str] = field(default_factory=list)
@@ -59,6 +61,22 @@ class Origin:
     @property
     def known(self) -> bool:
         return bool(self.lineage)
+
+    @property
+    def base_name(self) -> str | None:
+        """The Hub id of the chain's first model: its real name, for ``config.json``."""
+        first = self.lineage[0] if self.lineage else {}
+        return first["name"] if first.get("on_hub") else self.hub_id
+
+    def reference_entry(self) -> dict | None:
+        """How an export records ``reference``: ``{"name", "on_hub"}`` plus ``hub_id`` where a Hub
+        repo holds the same weights under another name (a push then names that repo instead)."""
+        if not self.reference:
+            return None
+        entry = {"name": self.reference, "on_hub": self.reference == self.same_as_hub}
+        if self.same_as_hub and not entry["on_hub"]:
+            entry["hub_id"] = self.same_as_hub
+        return entry
 
 
 def lineage_entry(stage: str, name: str, on_hub: bool, settings: str = "") -> dict:
@@ -80,6 +98,7 @@ def _hub_origin(hub_id: str, license: str | None = None, notes: list[str] | None
     return Origin(
         reference=hub_id,
         hub_id=hub_id,
+        same_as_hub=hub_id,
         lineage=[lineage_entry("base", hub_id, True)],
         license=license,
         notes=list(notes or []),
@@ -135,12 +154,23 @@ def origin_of(name_or_path: str | os.PathLike | None, export_parent: str | os.Pa
     return Origin(
         reference=reference,
         hub_id=own_hub_id or nearest_hub_id(lineage),
+        same_as_hub=own_hub_id,
         lineage=lineage,
         license=data.get("license"),
         datasets=[datasets] if isinstance(datasets, str) else list(datasets),
         notes=list(block.get("notes", [])),
         folder=str(folder),
     )
+
+
+def pushed_as(folder: str | os.PathLike) -> str | None:
+    """The Hub repo the coati_hf export in ``folder`` was pushed to (its card records it), or None."""
+    if not Path(folder).is_dir():
+        return None
+    _, block = read_card_block(folder)
+    lineage = (block or {}).get("lineage") or []
+    last = lineage[-1] if lineage and isinstance(lineage[-1], dict) else {}
+    return last.get("name") if last.get("on_hub") else None
 
 
 def relative_reference(folder: str | os.PathLike, export_parent: str | os.PathLike | None) -> str:
@@ -190,7 +220,7 @@ def resolve_origin(model, export_parent, override_hub_id: str | None = None) -> 
     names the base of a chain that cannot be read from the model."""
     origin = origin_of(model_source(model), export_parent)
     if override_hub_id and not origin.known:
-        override = _hub_origin(override_hub_id)
+        override = _hub_origin(override_hub_id)  # the config says which Hub model these weights are
         override.reference = origin.reference or override_hub_id
         override.folder = origin.folder
         return override
@@ -231,8 +261,7 @@ def describe_datasets(dataset) -> list[str]:
 
 
 def dataset_identifier(description: str) -> str:
-    """A short identifier for ``model-index``: the Hub id itself, else a slug of the description."""
-    if is_hub_id(description):
-        return description
-    slug = re.sub(r"[^a-z0-9.]+", "-", description.lower()).strip("-")
-    return slug[:64].rstrip("-") or "local-data"
+    """``model-index``'s dataset ``type``: the Hub id of a dataset on the Hub, else
+    :data:`LOCAL_DATASET_TYPE` (the description itself goes into the entry's ``name``; a slug of
+    it would pose as a dataset id that does not exist)."""
+    return description if is_hub_id(description) and "/" in description else LOCAL_DATASET_TYPE

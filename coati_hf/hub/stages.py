@@ -5,40 +5,28 @@
 inside the same atomic replacement, so an old critic never sits beside a new actor).
 
 What the card says is read from the run: the model's origin (:mod:`coati_hf.hub.origin`), the
-config (``card_*`` fields and transformers' ``extract_hyperparameters_from_trainer``), the
-datasets, and the log history (``parse_log_history`` for evaluation rows, the logged steps
-otherwise). Stage names: ``"sft"``, ``"reward-model"``, ``"ppo"``, and ``"ppo-critic"`` for the
-critic's own card.
+settings and counts (:mod:`coati_hf.hub.facts`), the held-out results and training statistics
+(:mod:`coati_hf.hub.results`), the data's languages (:mod:`coati_hf.hub.language`). Stage
+names: ``"sft"``, ``"reward-model"``, ``"ppo"``, and ``"ppo-critic"`` for the critic's own card.
+
+A PPO policy's lineage is its own chain (base → SFT → PPO); the reward model it was optimised
+against is recorded as the PPO step's ``reward``, not as a parent. The critic's chain runs
+through the model it was initialised from (the reward model, usually).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import statistics
 from pathlib import Path
 
-from .cards import (
-    PIPELINE_TAGS,
-    key_value_table,
-    library_versions,
-    lineage_table,
-    log_table,
-    plots_markdown,
-    render_card,
-)
-from .export import ExportError, export_directory, export_layout, is_peft_model, local_paths_of, save_weights
-from .origin import (
-    CARD_KEY,
-    Origin,
-    dataset_identifier,
-    describe_datasets,
-    lineage_entry,
-    merge_lineages,
-    nearest_hub_id,
-    resolve_origin,
-)
-from .plots import STAGE_PLOTS, write_plots
+from .cards import PIPELINE_TAGS, key_value_table, library_versions, plots_markdown, render_card
+from .export import ExportError, export_directory, export_layout, local_paths_of, save_weights
+from .facts import adaptation, adapted_layers, critic_hyperparameters, hyperparameters, scale_note, stage_settings
+from .language import dataset_languages
+from .origin import CARD_KEY, Origin, describe_datasets, lineage_entry, nearest_hub_id, resolve_origin
+from .plots import write_plots
+from .results import merge_results, run_results, training_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -50,187 +38,42 @@ TITLES = {
     "ppo": "PPO policy trained with coati_hf",
     "ppo-critic": "PPO critic trained with coati_hf",
 }
-STAGE_HYPERPARAMETERS = {
-    "sft": ("max_length", "packing", "completion_only_loss", "assistant_only_loss"),
-    "reward-model": ("loss_fn", "max_length", "center_rewards_coefficient"),
-    "ppo": (
-        "total_episodes", "response_length", "temperature", "stop_token", "missing_eos_penalty", "kl_coef",
-        "kl_estimator", "kl_controller", "cliprange", "cliprange_value", "vf_coef", "gamma", "lam",
-        "num_ppo_epochs", "num_mini_batches", "whiten_rewards", "reward_placement", "value_at", "ptx_coef",
-    ),
-}  # fmt: skip
-CRITIC_HYPERPARAMETERS = ("vf_coef", "cliprange_value", "gamma", "lam", "value_at", "whiten_rewards")
-
-
-# ---------------------------------------------------------------------------------------------
-# facts read from a run
-# ---------------------------------------------------------------------------------------------
 
 
 def _args(trainer, name, default=None):
     return getattr(trainer.args, name, default)
 
 
-def lora_summary(model) -> dict:
-    """LoRA settings of a PEFT model (empty for a full fine-tune)."""
-    if not is_peft_model(model):
-        return {}
-    config = next(iter(model.peft_config.values()))
-    targets = getattr(config, "target_modules", None)
-    return {
-        "lora_r": getattr(config, "r", None),
-        "lora_alpha": getattr(config, "lora_alpha", None),
-        "lora_dropout": getattr(config, "lora_dropout", None),
-        "lora_target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
-    }
-
-
-def hyperparameters(trainer, stage: str, model) -> dict:
-    """transformers' summary of the training arguments, the stage's own settings, and LoRA's."""
-    from transformers.modelcard import extract_hyperparameters_from_trainer
-
-    values = extract_hyperparameters_from_trainer(trainer)
-    for name in STAGE_HYPERPARAMETERS.get(stage, ()):
-        value = _args(trainer, name)
-        if value is not None:
-            values[name] = value
-    values.update({k: v for k, v in lora_summary(model).items() if v is not None})
-    return values
-
-
-def _adaptation(model) -> str:
-    lora = lora_summary(model)
-    return f"LoRA r={lora['lora_r']}" if lora else "full fine-tune"
-
-
-def _last(log_history, key):
-    for entry in reversed(log_history):
-        if key in entry:
-            return entry[key]
-    return None
-
-
-def _steps(log_history, key) -> list[float]:
-    return [float(e[key]) for e in log_history if key in e and e[key] == e[key]]
-
-
-def _dataset_size(dataset) -> int | None:
-    return len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
-
-
-def scale_note(trainer) -> str:
-    steps = trainer.state.global_step
-    rows = _dataset_size(getattr(trainer, "train_dataset", None))
-    note = f"This run took {steps} optimizer step(s)" + (f" over {rows} training examples" if rows is not None else "")
-    if steps < 100:
-        note += "; at that scale it demonstrates the pipeline rather than giving a useful model"
-    return note + "."
+def _options(trainer) -> dict:
+    return getattr(trainer, "_coati_card_options", {})
 
 
 def run_datasets(trainer) -> list[str]:
     """The training data as the card names it: ``push_to_hub(dataset_name=...)`` or
     ``create_model_card(dataset_name=...)``, else the config's ``card_datasets``, else what the
     train dataset records about its source (:func:`coati_hf.hub.origin.describe_datasets`)."""
-    for chosen in (getattr(trainer, "_coati_card_options", {}).get("dataset_name"), _args(trainer, "card_datasets")):
+    for chosen in (_options(trainer).get("dataset_name"), _args(trainer, "card_datasets")):
         if chosen:
             return [chosen] if isinstance(chosen, str) else list(chosen)
     return describe_datasets(getattr(trainer, "train_dataset", None))
 
 
-def _eval_result(stage, dataset, metric_type, name, value):
-    from huggingface_hub import EvalResult
-
-    return EvalResult(
-        task_type=PIPELINE_TAGS[stage],
-        dataset_type=dataset_identifier(dataset),
-        dataset_name=dataset,
-        metric_type=metric_type,
-        metric_name=name,
-        metric_value=round(float(value), 6),
-    )
+def run_languages(trainer) -> list[str]:
+    """``create_model_card(language=...)``, else the languages detected in the training data."""
+    chosen = _options(trainer).get("language")
+    if chosen:
+        return [chosen] if isinstance(chosen, str) else list(chosen)
+    return dataset_languages(getattr(trainer, "train_dataset", None), getattr(trainer, "processing_class", None))
 
 
-def stage_results(trainer, stage: str) -> tuple[list, dict]:
-    """``(eval_results for model-index, summary for the lineage)`` of a finished run."""
-    history = trainer.state.log_history
-    eval_data = describe_datasets(getattr(trainer, "eval_dataset", None)) if getattr(trainer, "eval_dataset", None) is not None else None
-    train_data = (run_datasets(trainer) or ["training data"])[0]
-    results, summary = [], {}
-    if stage == "sft":
-        loss = _last(history, "loss")
-        if loss is not None:
-            results.append(_eval_result(stage, train_data, "loss", "train loss (last logged step)", loss))
-            summary["train loss"] = loss
-        if _last(history, "eval_loss") is not None:
-            results.append(_eval_result(stage, eval_data[0], "loss", "eval loss", _last(history, "eval_loss")))
-            summary["eval loss"] = _last(history, "eval_loss")
-        accuracy = _last(history, "eval_mean_token_accuracy")
-        if accuracy is not None:
-            results.append(_eval_result(stage, eval_data[0], "accuracy", "eval mean token accuracy", accuracy))
-    elif stage == "reward-model":
-        for prefix, data, where in (("eval_", eval_data[0] if eval_data else None, "eval"), ("", train_data, "train")):
-            accuracy = _last(history, f"{prefix}accuracy")
-            if accuracy is None or data is None:
-                continue
-            results.append(_eval_result(stage, data, "accuracy", f"{where} reward accuracy", accuracy))
-            summary[f"{where} reward accuracy"] = accuracy
-            margin = _last(history, f"{prefix}margin")
-            if margin is not None:
-                results.append(_eval_result(stage, data, "margin", f"{where} mean reward margin", margin))
-            break  # the eval set's figures when there is one, else the last training figures
-    elif stage == "ppo":
-        scores = _steps(history, "objective/scores")
-        if scores:
-            kl = _steps(history, "objective/kl")
-            values = [
-                ("mean_reward", "mean reward over training", statistics.fmean(scores)),
-                ("reward_before", "reward at the first update", scores[0]),
-                ("reward_after", "reward at the last update", scores[-1]),
-            ]
-            if kl:
-                values.append(("kl", "KL from the reference policy at the last update", kl[-1]))
-            results = [_eval_result(stage, train_data, kind, name, value) for kind, name, value in values]
-            summary = {"reward before": scores[0], "reward after": scores[-1], "KL": kl[-1] if kl else None}
-    return results, summary
-
-
-def results_table(trainer, stage: str) -> str:
-    """Evaluation rows from ``parse_log_history`` when the run evaluated, else the logged steps."""
-    from transformers.modelcard import make_markdown_table, parse_log_history
-
-    history = trainer.state.log_history
-    train_log, eval_lines, _ = parse_log_history(history)
-    parts = []
-    if eval_lines:
-        parts.append(make_markdown_table(eval_lines).strip())
-    columns = {
-        "sft": {"loss": "Training loss", "mean_token_accuracy": "Token accuracy", "learning_rate": "Learning rate"},
-        "reward-model": {"loss": "Training loss", "accuracy": "Accuracy", "margin": "Margin", "learning_rate": "Learning rate"},
-        "ppo": {
-            "objective/scores": "Reward", "objective/rlhf_reward": "Reward - KL penalty", "objective/kl": "KL",
-            "objective/entropy": "Entropy", "loss/policy_avg": "Policy loss", "loss/value_avg": "Value loss",
-        },
-        "ppo-critic": {"loss/value_avg": "Value loss", "val/clipfrac_avg": "Value clip fraction"},
-    }[stage]  # fmt: skip
-    steps = log_table([e for e in history if not any(k.startswith("eval_") for k in e)], columns)
-    if steps:
-        parts.append(steps)
-    if train_log and "train_loss" in train_log:
-        parts.append(f"Mean training loss {train_log['train_loss']:.4g} over {train_log.get('step', trainer.state.global_step)} steps.")
-    return "\n\n".join(parts) if parts else "No metrics were logged in this run."
-
-
-def stage_settings(trainer, stage: str, model, summary: dict) -> str:
-    """The one-line "key settings" of a lineage step."""
-    parts = [_adaptation(model), f"lr {_args(trainer, 'learning_rate')}", f"{trainer.state.global_step} steps"]
-    if stage == "reward-model":
-        parts.insert(1, f"loss {_args(trainer, 'loss_fn', 'log_sig')}")
-    if stage == "ppo":
-        parts.insert(1, f"kl_coef {_args(trainer, 'kl_coef')}")
-    for key, value in summary.items():
-        if value is not None:
-            parts.append(f"{key} {value:.4g}")
-    return ", ".join(parts)
+def _loss_scope(trainer) -> str:
+    """What SFT's loss was computed on, as the prepared data and settings decided it."""
+    columns = set(getattr(getattr(trainer, "train_dataset", None), "column_names", None) or ())
+    if _args(trainer, "assistant_only_loss") and "assistant_masks" in columns:
+        return "The loss was computed on the assistant turns only."
+    if "completion_mask" in columns and _args(trainer, "completion_only_loss") in (None, True):
+        return "The loss was computed on the completions only."
+    return "The loss was computed on every token of each conversation."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,40 +81,29 @@ def stage_settings(trainer, stage: str, model, summary: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_card(
-    trainer,
-    *,
-    stage: str,
-    model,
-    origin: Origin,
-    lineage: list[dict],
-    reference: str,
-    layout: str,
-    plots: list[dict],
-    tags: list[str],
-    datasets: list[str],
-    results: list,
-    hyperparameters_table: str,
-    results_table_md: str,
-    subfolder: str | None = None,
-    **context,
-):
+def build_card(trainer, *, stage: str, model, origin: Origin, lineage: list[dict], reference: str, layout: str,
+               plots: list[dict], tags: list[str], results: list, hyperparameters_table: str,
+               subfolder: str | None = None, **context):  # fmt: skip
     from huggingface_hub import ModelCardData
 
-    base = origin.hub_id or nearest_hub_id(lineage)
+    base = origin.hub_id or nearest_hub_id(lineage[:-1])
     relation = "adapter" if layout == "adapter" else "finetune"
     block = {"stage": stage, "reference": reference, "layout": layout, "lineage": lineage}
+    if layout != "full" and origin.reference_entry():
+        block["adapter_base"] = origin.reference_entry()
     if subfolder:
         block["subfolder"] = subfolder
     notes = list(dict.fromkeys(origin.notes))
     if notes:
         block["notes"] = notes
-    options = getattr(trainer, "_coati_card_options", {})
+    options = _options(trainer)
+    datasets = run_datasets(trainer)
     license = options.get("license") or _args(trainer, "card_license") or origin.license or UNKNOWN_LICENSE
     data = ModelCardData(
         base_model=base,
         base_model_relation=relation if base else None,
         datasets=datasets or None,
+        language=run_languages(trainer) or None,
         library_name="peft" if layout == "adapter" else "transformers",
         pipeline_tag=PIPELINE_TAGS[stage],
         license=license,
@@ -280,6 +112,9 @@ def build_card(
         eval_results=results or None,
         **{CARD_KEY: block},
     )
+    body_notes = [f"Base model: {note}." for note in notes]
+    if not base:
+        body_notes.append("The base model is not on the Hub or was not recorded; set card_base_model to name it.")
     return render_card(
         stage,
         data,
@@ -287,14 +122,13 @@ def build_card(
         model_id=reference,
         layout=layout,
         adapter_base=origin.reference,
-        lineage_table=lineage_table(lineage),
         datasets=datasets or ["not recorded"],
         hyperparameters_table=hyperparameters_table,
-        results_table=results_table_md,
+        training_statistics=training_statistics(trainer, stage),
         plots_markdown=plots_markdown(plots),
         versions_table=key_value_table(library_versions(), ("Library", "Version")),
-        scale_note=scale_note(trainer),
-        notes=[f"Base model: {note}." for note in notes] + ([] if base else ["The base model is not on the Hub or was not recorded; set card_base_model to name it."]),
+        scale_note=scale_note(trainer, stage),
+        notes=body_notes,
         **context,
     )
 
@@ -302,7 +136,7 @@ def build_card(
 def _tags(trainer, model, extra=()) -> list[str]:
     tags = list(getattr(trainer, "_tag_names", []))
     tags += list(getattr(model, "model_tags", None) or [])
-    tags += list(getattr(trainer, "_coati_card_options", {}).get("tags") or [])
+    tags += list(_options(trainer).get("tags") or [])
     tags += list(extra)
     return sorted(dict.fromkeys(tag for tag in tags if tag))
 
@@ -320,6 +154,11 @@ def _export_reference(trainer, output_dir: Path) -> str:
     return hub_id if hub_id and "/" in hub_id else output_dir.name
 
 
+def _held_out(trainer, stage: str) -> list:
+    """The stage's own held-out results and those given to ``create_model_card(eval_results=...)``."""
+    return merge_results(run_results(trainer, stage), _options(trainer).get("eval_results"))
+
+
 # ---------------------------------------------------------------------------------------------
 # exports
 # ---------------------------------------------------------------------------------------------
@@ -335,19 +174,17 @@ def export_trainer_model(trainer, model, output_dir, *, stage: str, state_dict=N
     origin = resolve_origin(model, output_dir.parent, _args(trainer, "card_base_model"))
     _check_adapter_base(layout, origin, "model")
     reference = _export_reference(trainer, output_dir)
-    results, summary = stage_results(trainer, stage)
-    lineage = origin.lineage + [lineage_entry(stage, reference, "/" in reference, stage_settings(trainer, stage, model, summary))]
-    datasets = run_datasets(trainer)
+    lineage = origin.lineage + [lineage_entry(stage, reference, "/" in reference, stage_settings(trainer, stage, model))]
     with export_directory(output_dir, stage=stage, layout=layout, local_paths=local_paths_of(model)) as staged:
         score_label = "reward" if stage == "reward-model" else None
         save_weights(model, trainer.processing_class, staged, adapter_only=adapter_only, state_dict=state_dict,
-                     score_label=score_label, adapter_base=origin.reference)  # fmt: skip
-        plots = write_plots(trainer.state.log_history, staged, STAGE_PLOTS[stage])
+                     score_label=score_label, adapter_base=origin.reference, base_name=origin.base_name)  # fmt: skip
+        plots = write_plots(trainer.state.log_history, staged, stage)
         card = build_card(
             trainer, stage=stage, model=model, origin=origin, lineage=lineage, reference=reference, layout=layout,
-            plots=plots, tags=_tags(trainer, model), datasets=datasets, results=results,
+            plots=plots, tags=_tags(trainer, model), results=_held_out(trainer, stage),
             hyperparameters_table=key_value_table(hyperparameters(trainer, stage, model)),
-            results_table_md=results_table(trainer, stage), loss_fn=_args(trainer, "loss_fn", "log_sig"),
+            loss_fn=_args(trainer, "loss_fn", "log_sig"), loss_scope=_loss_scope(trainer),
         )  # fmt: skip
         card.save(staged / "README.md")
         torch.save(trainer.args, staged / "training_args.bin")
@@ -355,15 +192,28 @@ def export_trainer_model(trainer, model, output_dir, *, stage: str, state_dict=N
     return str(output_dir)
 
 
-def _reward_description(trainer, reward_origin: Origin | None) -> str:
+def _reward_entry(trainer, reward_origin: Origin | None) -> dict | None:
+    """The PPO step's ``reward``: the reward model's reference, or the reward function's name."""
     reward = getattr(trainer, "reward_model", None)
     if reward is None:
-        return "not recorded"
+        return None
     if callable(reward) and not hasattr(reward, "config"):
-        return f"the Python function `{getattr(reward, '__name__', type(reward).__name__)}`"
-    if reward_origin is not None and reward_origin.reference:
-        return f"the reward model `{reward_origin.reference}`"
-    return "a reward model given in memory (its origin was not recorded)"
+        return {"function": getattr(reward, "__name__", type(reward).__name__)}
+    return reward_origin.reference_entry() if reward_origin is not None else None
+
+
+def _critic_coverage(critic, critic_origin: Origin, reward_origin: Origin | None) -> str:
+    """Which layers of its starting model the critic's adapter covers."""
+    from .export import is_peft_model
+
+    if not is_peft_model(critic):
+        return "It was fully fine-tuned (no adapter)."
+    chosen, num_layers = adapted_layers(critic)
+    whose = "the reward model's" if reward_origin and reward_origin.reference == critic_origin.reference else "its starting model's"
+    if chosen is None:
+        return f"Its LoRA adapter covers {f'all {num_layers}' if num_layers else 'all'} of {whose} layers."
+    return (f"Its LoRA adapter covers {len(chosen)} of {whose} {num_layers} layers (layers_to_transform={chosen}); "
+            "below them the critic is that model, frozen.")  # fmt: skip
 
 
 def export_ppo(trainer, policy, critic, output_dir, *, policy_state=None, critic_state=None) -> str:
@@ -382,40 +232,36 @@ def export_ppo(trainer, policy, critic, output_dir, *, policy_state=None, critic
     _check_adapter_base(critic_layout, critic_origin, "PPO critic")
 
     reference = _export_reference(trainer, output_dir)
-    results, summary = stage_results(trainer, "ppo")
-    parents = merge_lineages(actor_origin.lineage, reward_origin.lineage if reward_origin else [])
-    lineage = parents + [lineage_entry("ppo", reference, "/" in reference, stage_settings(trainer, "ppo", policy, summary))]
+    on_hub = "/" in reference
+    ppo_step = lineage_entry("ppo", reference, on_hub, stage_settings(trainer, "ppo", policy))
+    reward_entry = _reward_entry(trainer, reward_origin)
+    if reward_entry:
+        ppo_step["reward"] = reward_entry
+    lineage = actor_origin.lineage + [ppo_step]
     critic_lineage = critic_origin.lineage + [
-        lineage_entry("ppo-critic", reference, "/" in reference, f"in {CRITIC_SUBFOLDER}/: {_adaptation(critic)}, trained with the policy")
+        lineage_entry("ppo-critic", reference, on_hub, f"in {CRITIC_SUBFOLDER}/: {adaptation(critic)}, trained with the policy")
     ]
-    datasets = run_datasets(trainer)
     history = trainer.state.log_history
-    tags = _tags(trainer, policy)
     local = local_paths_of(policy, critic, reward if hasattr(reward, "config") else None)
     with export_directory(output_dir, stage="ppo", layout=actor_layout, local_paths=local) as staged:
         save_weights(policy, trainer.processing_class, staged, adapter_only=adapter_only, state_dict=policy_state,
-                     adapter_base=actor_origin.reference)  # fmt: skip
+                     adapter_base=actor_origin.reference, base_name=actor_origin.base_name)  # fmt: skip
         critic_dir = staged / CRITIC_SUBFOLDER
         save_weights(critic, trainer.processing_class, critic_dir, adapter_only=adapter_only, state_dict=critic_state,
-                     score_label="value", adapter_base=critic_origin.reference)  # fmt: skip
-        plots = write_plots(history, staged, STAGE_PLOTS["ppo"])
+                     score_label="value", adapter_base=critic_origin.reference, base_name=critic_origin.base_name)  # fmt: skip
         card = build_card(
             trainer, stage="ppo", model=policy, origin=actor_origin, lineage=lineage, reference=reference,
-            layout=actor_layout, plots=plots, tags=tags, datasets=datasets, results=results,
-            hyperparameters_table=key_value_table(hyperparameters(trainer, "ppo", policy)),
-            results_table_md=results_table(trainer, "ppo"), kl_coef=_args(trainer, "kl_coef"),
-            reward_description=_reward_description(trainer, reward_origin),
+            layout=actor_layout, plots=write_plots(history, staged, "ppo"), tags=_tags(trainer, policy),
+            results=_options(trainer).get("eval_results") or [],
+            hyperparameters_table=key_value_table(hyperparameters(trainer, "ppo", policy)), kl_coef=_args(trainer, "kl_coef"),
         )  # fmt: skip
         card.save(staged / "README.md")
-        critic_plots = write_plots(history, critic_dir, STAGE_PLOTS["ppo-critic"])
-        critic_values = {name: _args(trainer, name) for name in CRITIC_HYPERPARAMETERS if _args(trainer, name) is not None}
-        critic_values.update({k: v for k, v in lora_summary(critic).items() if v is not None})
         critic_card = build_card(
             trainer, stage="ppo-critic", model=critic, origin=critic_origin, lineage=critic_lineage,
-            reference=reference, layout=critic_layout, plots=critic_plots, tags=_tags(trainer, critic, ["coati-ppo-critic"]),
-            datasets=datasets, results=[], hyperparameters_table=key_value_table(critic_values),
-            results_table_md=results_table(trainer, "ppo-critic"), subfolder=CRITIC_SUBFOLDER,
-            critic_start=f"`{critic_origin.reference}`" if critic_origin.reference else "a model given in memory",
+            reference=reference, layout=critic_layout, plots=write_plots(history, critic_dir, "ppo-critic"),
+            tags=_tags(trainer, critic, ["coati-ppo-critic"]), results=[],
+            hyperparameters_table=key_value_table(critic_hyperparameters(trainer, critic)), subfolder=CRITIC_SUBFOLDER,
+            adapter_coverage=_critic_coverage(critic, critic_origin, reward_origin),
         )  # fmt: skip
         critic_card.save(critic_dir / "README.md")
         torch.save(trainer.args, staged / "training_args.bin")

@@ -41,7 +41,9 @@ from .atomic import remove_leftovers, replace_directory
 logger = logging.getLogger(__name__)
 
 SHARED_STAGING_SUFFIX = ".staging-shared"
-CARD_OPTIONS = ("dataset_name", "dataset", "tags", "license")
+CARD_OPTIONS = ("dataset_name", "dataset", "tags", "license", "language", "eval_dataset_name", "eval_results")
+# transformers' create_model_card options that the card reads from the run instead (base model, task)
+READ_ELSEWHERE = {"model_name", "finetuned_from", "tasks", "dataset_tags", "dataset_args"}
 
 
 def coati_stage(trainer) -> str:
@@ -56,16 +58,29 @@ class HubExportMixin:
     """Exports, pushes and card options for a coati_hf trainer (see the module docstring)."""
 
     def create_model_card(self, model_name: str | None = None, dataset_name=None, tags=None, **kwargs) -> None:
-        """Record card options (``dataset_name``, ``tags``, ``license``) for the next export.
+        """Record card options for the next export: ``dataset_name``, ``tags``, ``license``,
+        ``language`` (default: detected in the training data), ``eval_dataset_name`` (which
+        held-out rows the eval split is, e.g. "rows 96-111 of prompts.jsonl") and
+        ``eval_results``: held-out results measured elsewhere (``huggingface_hub.EvalResult`` s,
+        e.g. from ``coati-hf eval``) for the card's ``model-index``.
 
         Unlike TRL's, this writes no README: the card is written by ``save_model``, with the
-        weights it describes, in the same atomic step.
+        weights it describes, in the same atomic step. An export already written takes held-out
+        results with :func:`coati_hf.hub.add_evaluation_results`.
         """
+        from .results import check_results
+
+        unknown = set(kwargs) - set(CARD_OPTIONS) - READ_ELSEWHERE
+        if unknown:
+            raise TypeError(f"create_model_card() got unexpected options {sorted(unknown)}; it takes {', '.join(CARD_OPTIONS)}")
         options = dict(getattr(self, "_coati_card_options", {}))
-        given = {"dataset_name": dataset_name or kwargs.get("dataset"), "tags": tags, "license": kwargs.get("license")}
+        given = {"dataset_name": dataset_name or kwargs.get("dataset") or kwargs.get("dataset_tags"), "tags": tags}
+        given.update({key: kwargs.get(key) for key in ("license", "language", "eval_dataset_name", "eval_results")})
         for key, value in given.items():
             if value:
-                options[key] = [value] if key == "tags" and isinstance(value, str) else value
+                if key == "eval_results":
+                    value = check_results(value)
+                options[key] = [value] if key in ("tags", "language") and isinstance(value, str) else value
         self._coati_card_options = options
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
