@@ -229,3 +229,18 @@ def test_one_ppo_update_with_policy_critic_and_reward_model_of_the_family(family
         assert any(not torch.equal(parameters[n], p) for n, p in before[role].items()), f"the {role} did not change"
         assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(torch.equal(p, reward_before[n]) for n, p in reward_model.named_parameters())
+
+
+@pytest.mark.parametrize("family_name", [f.name for f in FAMILIES if not has_sequence_classifier(f)])
+def test_a_critic_from_a_policy_without_a_sequence_classifier_is_a_clear_error(family_name, tokenizer, tmp_path):
+    """value_model=None with a rule-based reward builds the critic from the policy's backbone;
+    transformers has no sequence classifier for these families, and the error says what to pass."""
+    from datasets import Dataset
+
+    from coati_hf import PPOTrainer
+
+    policy = build(family_named(family_name), tokenizer)
+    with pytest.raises(ValueError, match=rf"no sequence-classification class for model_type '{policy.config.model_type}'.*value_model="):
+        PPOTrainer(args=_ppo_config(tmp_path), processing_class=tokenizer, model=policy, ref_model=None,
+                   reward_model=lambda prompts, completions: [1.0] * len(completions),
+                   train_dataset=Dataset.from_list([{"prompt": "Hi?"}]), value_model=None)  # fmt: skip

@@ -258,13 +258,18 @@ def test_callable_reward_missing_eos_penalty_and_nan_scores(models, tokenizer, p
         return [1.0, float("nan"), None, 2.0]
 
     _, exp = make(policy, copy.deepcopy(policy), critic, flaky, tokenizer, make_config(tmp_path), prompts)
-    assert len(exp) == 2 and exp.info["num_nan_scores"] == 2
-    assert exp.scores.tolist() == [1.0, 2.0]
-    assert exp.response_lengths.tolist() == [EXPECTED_LENGTHS[0], EXPECTED_LENGTHS[3]]  # rows 0 and 3 kept
+    # rows 1 and 2 stay in the batch (every rank keeps its row count) without an action token
+    assert len(exp) == 4 and exp.info["num_nan_scores"] == 2 and exp.info["num_samples"] == 2
+    assert exp.response_lengths.tolist() == [EXPECTED_LENGTHS[0], 0, 0, EXPECTED_LENGTHS[3]]
+    assert exp.scores[[0, 3]].tolist() == [1.0, 2.0] and torch.isfinite(exp.scores).all()
+    assert exp.info["score"] == pytest.approx(1.5)
+    for name in ("rewards", "advantages", "returns", "kl"):
+        assert not getattr(exp, name)[[1, 2]].any(), name
 
-    with pytest.raises(ValueError, match="NaN"):
-        make(policy, copy.deepcopy(policy), critic, lambda p, c: [float("nan")] * len(c), tokenizer,
-             make_config(tmp_path), prompts)
+    # no usable row at all: not an error here (the trainer decides across ranks), NaN statistics
+    _, empty = make(policy, copy.deepcopy(policy), critic, lambda p, c: [float("nan")] * len(c), tokenizer,
+                    make_config(tmp_path), prompts)
+    assert empty.info["num_samples"] == 0 and empty.info["num_nan_scores"] == 4 and not empty.action_mask.any()
 
 
 def test_reward_model_with_its_own_tokenizer_is_fed_retokenized_text(models, tokenizer, prompts, tmp_path):

@@ -357,30 +357,26 @@ def test_nan_scores_for_some_samples_are_counted_and_skipped(tmp_path, tok):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
-def test_nan_scores_for_every_sample_stop_the_run_and_keep_the_last_checkpoint(tmp_path, tok):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+def test_an_update_whose_every_score_is_nan_is_skipped_and_the_run_goes_on(tmp_path, tok):
+    """Update 3's rewards are all NaN: it is skipped and counted (not an exception, which on
+    several ranks would leave the others waiting), its checkpoint holds the weights of update
+    2, and update 4 trains again. (tests/test_ppo_unusable_samples*.py: the same across ranks.)"""
+    from transformers import AutoModelForCausalLM
 
     reward = ScriptedReward({2: "all"})
-    config = ppo_config(tmp_path, total_episodes=6, save_strategy="steps", save_steps=1)
+    config = ppo_config(tmp_path, total_episodes=8, save_strategy="steps", save_steps=1)
     trainer = build(tmp_path, tok, reward_model=reward, config=config)
-    with pytest.raises(ValueError, match=r"reward score of every sample is NaN"):
-        trainer.train()
-    assert trainer.state.global_step == 2
-    checkpoint = Path(config.output_dir) / "checkpoint-2"
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    assert state["global_step"] == 2 and len([e for e in state["log_history"] if "objective/kl" in e]) == 2
-    assert (checkpoint / "optimizer.pt").is_file() and (checkpoint / "scheduler.pt").is_file()
-    saved_policy = AutoModelForCausalLM.from_pretrained(checkpoint)
-    saved_critic = AutoModelForSequenceClassification.from_pretrained(checkpoint / "critic")
-    # the failing update changed nothing after the checkpoint was written
-    assert same_weights(saved_policy, trainer.model.policy)
-    assert same_weights(saved_critic, trainer.model.value_model)
-
-    # ... and the run resumes from it once the reward is fixed
-    resumed = build(tmp_path, tok, reward_model=ScriptedReward({}), config=config)
-    resumed.train(resume_from_checkpoint=str(checkpoint))
-    assert resumed.state.global_step == 3
-    assert [e["episode"] for e in step_logs(resumed)] == [2, 4, 6]
+    trainer.train()
+    assert trainer.state.global_step == 4
+    logs = step_logs(trainer)
+    assert [entry["ppo/skipped_updates"] for entry in logs] == [0, 0, 1, 0]
+    assert [entry["ppo/optimizer_steps"] for entry in logs] == [1, 1, 0, 1]
+    assert [entry["rollout/nan_scores"] for entry in logs] == [0, 0, 2, 0]
+    assert math.isnan(logs[2]["objective/scores"]) and math.isfinite(logs[3]["objective/scores"])
+    checkpoints = Path(config.output_dir)
+    saved = {step: AutoModelForCausalLM.from_pretrained(checkpoints / f"checkpoint-{step}") for step in (2, 3, 4)}
+    assert same_weights(saved[2], saved[3])  # the skipped update changed nothing
+    assert not same_weights(saved[3], saved[4])
 
 
 # ---------------------------------------------------------------------------------------------

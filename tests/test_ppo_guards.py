@@ -100,9 +100,10 @@ def weights(module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("bad", [3e38, float("inf"), float("nan")], ids=["3e38", "inf", "nan"])
 def test_absurd_rewards_never_reach_the_weights(tmp_path, tok, bad):
-    """Half the completions get an absurd reward. inf/NaN rows are dropped at rollout; a finite
-    3e38 overflows the value loss, whose micro-batches are then skipped. Either way every weight
-    stays finite and the checkpoint written afterwards holds finite numbers."""
+    """Half the completions get an absurd reward. inf/NaN rows are masked out at rollout, a
+    finite 3e38 once its rewards overflow (tests/test_ppo_unusable_samples.py has the details).
+    Either way every weight stays finite and the checkpoint written afterwards holds finite
+    numbers."""
 
     def reward(prompts, completions):
         return [bad if i % 2 else 0.5 for i in range(len(completions))]
@@ -111,20 +112,12 @@ def test_absurd_rewards_never_reach_the_weights(tmp_path, tok, bad):
     trainer.train()
     assert all_finite(trainer.model)
     logs = step_logs(trainer)
-    if math.isfinite(bad):
-        assert sum(entry["ppo/skipped_updates"] for entry in logs) >= 1
-    else:
-        assert all(entry["rollout/nan_scores"] == 2 for entry in logs)
+    assert all(entry["rollout/nan_scores"] == 2 for entry in logs)
+    assert all(entry["ppo/skipped_updates"] == 0 for entry in logs)  # the other half still trains
     from safetensors.torch import load_file
 
     saved = load_file(os.path.join(tmp_path, "out", "checkpoint-2", "model.safetensors"))
     assert all(torch.isfinite(tensor).all() for tensor in saved.values())
-
-
-def test_every_reward_infinite_is_a_clear_error(tmp_path, tok):
-    trainer = build(tmp_path, tok, reward_model=lambda prompts, completions: [float("inf")] * len(completions))
-    with pytest.raises(ValueError, match="reward score of every sample is NaN or infinite"):
-        trainer.train()
 
 
 @pytest.mark.parametrize("injected", [float("nan"), float("inf")], ids=["nan", "inf"])

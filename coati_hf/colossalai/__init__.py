@@ -9,6 +9,9 @@
   ``$COATI_HF_STRATEGY``), and changes nothing otherwise.
 - :func:`resolve_strategy`, :func:`check_strategy_supported`: selection and fail-fast checks.
 - :func:`apply_cpu_shim`: what colossalai 0.5.0 needs to run ZeRO on its CPU accelerator.
+- :mod:`.stepping` (``clip_and_step``): one optimizer step and the non-finite-gradient contract,
+  for plain Accelerate and every strategy; :mod:`.optimizers`: the optimizer that actually steps
+  and the HybridAdam swap that keeps learning-rate schedulers alive.
 
 Nothing here imports torch or colossalai until it is used.
 """

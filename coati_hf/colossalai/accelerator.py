@@ -9,8 +9,8 @@ bookkeeping -- and hands the parts that a sharded optimizer changes to the Boost
 ``prepare``            models and their optimizers go through ``Booster.boost`` (paired by
                        parameter identity); dataloaders and schedulers go to Accelerate
 ``backward``           ``optimizer.backward(loss)``: ZeRO reduces/scatters gradients here
-``clip_grad_norm_``    ZeRO: the global norm of the sharded gradients; the clip itself
-                       happens inside ``optimizer.step()`` at the requested norm
+``clip_grad_norm_``    ZeRO, Gemini: the global norm of the sharded gradients; the clip
+                       itself happens inside ``optimizer.step()`` at the requested norm
 ``no_sync``            DDP: ``model.no_sync()``; ZeRO-1: ``optimizer.no_sync()``; ZeRO-2 and
                        Gemini reduce every micro-batch (their gradients are sharded anyway)
 ``unwrap_model``       the original ``nn.Module`` (a PEFT model stays a PEFT model)
@@ -35,9 +35,15 @@ Two models with two optimizers (PPO's actor and critic) are prepared in one call
 separately; ``backward`` finds the optimizer that owns the parameters a loss depends on
 (or takes ``optimizer=`` explicitly).
 
-An LR scheduler must drive the *inner* torch optimizer; :func:`inner_optimizer` returns it.
-Under ZeRO the inner optimizer is the one you created (ZeRO swaps its parameter lists for
-the rank's shards in place), so a scheduler built before ``prepare`` keeps working.
+An LR scheduler built before ``prepare`` keeps working: under ZeRO the inner optimizer is the
+one you created (ZeRO swaps its parameter lists for the rank's shards in place), and where
+``prepare`` swaps an Adam/AdamW for HybridAdam (``zero2_cpu``, Gemini) the two share their
+param groups (:mod:`~coati_hf.colossalai.optimizers`). :func:`inner_optimizer` returns the
+torch optimizer that steps.
+
+What a step with non-finite gradients does (skipped by the loss scaler's or by the caller's
+decision, the same on every rank) is :mod:`~coati_hf.colossalai.stepping`'s contract;
+:func:`~coati_hf.colossalai.stepping.clip_and_step` applies it.
 
 ZeRO steps fp32 master shards and copies them into the model: after loading weights into
 an already boosted model by hand, call :meth:`ColossalAIAccelerator.sync_master_weights`.
@@ -56,6 +62,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.checkpointing import load_accelerator_state, save_accelerator_state
 
+from .optimizers import REPLACED_ATTRIBUTE, inner_optimizer, rebind_replaced_optimizer, to_hybrid_adam
 from .plugin import (
     ColossalAIPlugin,
     StrategyNotSupportedError,
@@ -63,6 +70,15 @@ from .plugin import (
     normalize_precision,
     resolve_plugin,
 )
+from .stepping import (
+    gemini_found_overflow,
+    gemini_grad_norm,
+    install_gemini_overflow_check,
+    track_skipped_steps,
+    zero_grad_norm,
+)
+
+__all__ = ["ColossalAIAccelerator", "inner_optimizer", "to_hybrid_adam", "zero_grad_norm"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,19 +94,6 @@ class _Boosted:
     model: torch.nn.Module
     optimizer: object | None
     param_ids: frozenset
-
-
-def inner_optimizer(optimizer):
-    """The torch optimizer inside a boosted (or Accelerate-wrapped) optimizer."""
-    from colossalai.interface import OptimizerWrapper
-
-    while True:
-        if isinstance(optimizer, OptimizerWrapper):
-            optimizer = optimizer.optim
-        elif hasattr(optimizer, "optimizer") and not isinstance(optimizer, torch.optim.Optimizer):
-            optimizer = optimizer.optimizer  # accelerate's AcceleratedOptimizer
-        else:
-            return optimizer
 
 
 class ColossalAIAccelerator(Accelerator):
@@ -155,11 +158,8 @@ class ColossalAIAccelerator(Accelerator):
         if self.device.type == "cpu" and get_accelerator().name != "cpu":
             set_accelerator("cpu")
         device_type = get_accelerator().name
+        _check_precision_on_device(plugin.precision, device_type)
         if device_type == "cpu":
-            if plugin.precision == "fp16":
-                raise StrategyNotSupportedError(
-                    "fp16 training (dynamic loss scaling) needs a CUDA GPU; on CPU use precision 'bf16' or 'fp32'"
-                )
             apply_cpu_shim()
 
         self.colossalai_plugin = plugin
@@ -233,8 +233,9 @@ class ColossalAIAccelerator(Accelerator):
     def prepare_scheduler(self, scheduler):
         """Accelerate's ``AcceleratedScheduler``, tied to the boosted optimizer that drives it.
 
-        A scheduler built on an Adam/AdamW that was swapped for HybridAdam is re-pointed at
-        the HybridAdam.
+        A scheduler built on an Adam/AdamW that was swapped for HybridAdam keeps it: the two
+        optimizers share their param groups, and torch's step-order check stays on the
+        optimizer the scheduler patched.
         """
         from accelerate.scheduler import AcceleratedScheduler
 
@@ -248,8 +249,8 @@ class ColossalAIAccelerator(Accelerator):
             if target is inner_optimizer(opt):
                 optimizers = opt
                 break
-            if target is not None and target is getattr(opt, "_coati_hf_replaced_optimizer", None):
-                scheduler.optimizer, optimizers = inner_optimizer(opt), opt
+            if target is not None and target is getattr(inner_optimizer(opt), REPLACED_ATTRIBUTE, None):
+                optimizers = opt
                 break
         scheduler = AcceleratedScheduler(
             scheduler, optimizers, step_with_optimizer=self.step_scheduler_with_optimizer, split_batches=self.split_batches
@@ -278,10 +279,8 @@ class ColossalAIAccelerator(Accelerator):
         from colossalai.interface import OptimizerWrapper
 
         plugin = self.colossalai_plugin
-        replaced = None
         if optimizer is not None and plugin.uses_hybrid_adam:
-            replaced, optimizer = optimizer, to_hybrid_adam(optimizer)
-            replaced = replaced if replaced is not optimizer else None
+            optimizer = to_hybrid_adam(optimizer)  # shares the param groups of the optimizer it replaces
         if record is not None and plugin.strategy == "ddp":
             boosted_model, boosted_optimizer = record.model, OptimizerWrapper(optimizer)
         else:
@@ -295,8 +294,9 @@ class ColossalAIAccelerator(Accelerator):
         if boosted_optimizer is not None:
             record.optimizer = boosted_optimizer
             boosted_optimizer._coati_hf_boosted_model = boosted_model
-            boosted_optimizer._coati_hf_replaced_optimizer = replaced
-            _track_skipped_steps(boosted_optimizer)
+            if plugin.is_gemini:
+                install_gemini_overflow_check(boosted_optimizer)  # before the skip tracking reads its mixin
+            track_skipped_steps(boosted_optimizer)
             self._optimizers.append(boosted_optimizer)
             if self._is_zero(boosted_optimizer):
                 _zero_grad_clears_optimizer(boosted_model, boosted_optimizer)
@@ -336,9 +336,14 @@ class ColossalAIAccelerator(Accelerator):
 
         Under ZeRO the gradients are sharded inside the optimizer: the global norm is
         computed from the shards (one all-reduce) and ``max_norm`` is handed to the
-        optimizer, which clips while stepping. ``max_norm=inf`` only measures. Under
-        Gemini the norm is not available before the step: returns ``None`` and the
-        plugin's ``max_norm`` applies.
+        optimizer, which clips while stepping. ``max_norm=inf`` only measures.
+
+        Under Gemini the norm comes from the chunk norms Gemini records while reducing, which
+        it does only when it clips (the plugin's ``max_norm > 0``; ``max_norm`` here then
+        replaces it). Without them, returns ``inf`` when a rank's gradients overflowed and
+        ``None`` otherwise. Either way Gemini's own step skips non-finite gradients
+        (:func:`~coati_hf.colossalai.stepping.install_gemini_overflow_check`). Collective
+        under ZeRO and Gemini: call on every rank.
         """
         parameters = list(parameters)
         record = self._record_for_parameters(parameters)
@@ -351,12 +356,20 @@ class ColossalAIAccelerator(Accelerator):
             return torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
         if float(norm_type) != 2.0:
             raise ValueError("ColossalAI's sharded optimizers clip by the 2-norm only")
+        clip = max_norm is not None and 0 < float(max_norm) < float("inf")
         if self._is_zero(optimizer):
             norm = zero_grad_norm(optimizer)
-            if max_norm is not None and 0 < float(max_norm) < float("inf"):
+            if clip:
                 optimizer._clip_grad_norm = float(max_norm)
             return torch.tensor(norm, device=self.device)
-        return None  # Gemini / hybrid parallel: clipped inside step() with the plugin's max_norm
+        if self.colossalai_plugin.is_gemini:
+            if clip and optimizer.clipping_flag:
+                optimizer.max_norm = float(max_norm)
+            norm = gemini_grad_norm(optimizer)
+            if norm is None and gemini_found_overflow(optimizer):
+                norm = float("inf")
+            return None if norm is None else torch.tensor(norm, device=self.device)
+        return None  # hybrid parallel: clipped inside step() with the plugin's max_norm
 
     @contextlib.contextmanager
     def no_sync(self, model):
@@ -410,12 +423,19 @@ class ColossalAIAccelerator(Accelerator):
                 record.optimizer.update_master_params(record.model)
 
     def save_optimizer(self, optimizer, path: str) -> None:
-        """Write the full (gathered) optimizer state to one file. Call on every rank."""
+        """Write the full (gathered) optimizer state to one file. Call on every rank; the file is
+        complete on return (the Booster writes on rank 0 without a barrier)."""
         self.booster.save_optimizer(optimizer, path, shard=False)
+        self.wait_for_everyone()
 
     def load_optimizer(self, optimizer, path: str) -> None:
-        """Load a file written by :meth:`save_optimizer`; each rank keeps its own shard."""
+        """Load a file written by :meth:`save_optimizer`; each rank keeps its own shard.
+
+        Loading gives the stepping optimizer new param-group dicts; an Adam/AdamW it replaced
+        (HybridAdam swap) shares them again, so schedulers built on it stay live.
+        """
         self.booster.load_optimizer(optimizer, path)
+        rebind_replaced_optimizer(inner_optimizer(optimizer))
 
     def save_state(self, output_dir: str | None = None, safe_serialization: bool = True, **save_model_func_kwargs):
         """Save boosted models and optimizers through the Booster, the rest as Accelerate does.
@@ -540,6 +560,16 @@ def _parameter_ids_in_graph(tensor: torch.Tensor) -> set:
     return found
 
 
+def _check_precision_on_device(precision: str, device_type: str) -> None:
+    """fp16 needs a dynamic loss scaler that works on the device: ColossalAI DDP's
+    ``torch.cuda.amp.GradScaler`` disables itself without CUDA (overflows would reach the
+    weights unnoticed), so fp16 on colossalai's CPU accelerator is refused."""
+    if device_type == "cpu" and precision == "fp16":
+        raise StrategyNotSupportedError(
+            "fp16 training (dynamic loss scaling) needs a CUDA GPU; on CPU use precision 'bf16' or 'fp32'"
+        )
+
+
 def _ensure_process_group(device: torch.device) -> None:
     """ColossalAI's plugins need ``torch.distributed``; in a single process, make a 1-rank group.
 
@@ -570,39 +600,6 @@ def _autocast_forward(forward, device_type: str, dtype: torch.dtype):
     return autocast_forward
 
 
-def _track_skipped_steps(optimizer) -> None:
-    """Give a boosted optimizer Accelerate's ``step_was_skipped`` flag (fp16 overflow skips)."""
-    if getattr(optimizer, "_coati_hf_tracks_skips", False):
-        return
-    optimizer.step_was_skipped = False
-    mixin = getattr(optimizer, "mixed_precision_mixin", None) or getattr(optimizer, "mix_precision_mixin", None)
-    original_step = optimizer.step
-
-    scaler = getattr(optimizer, "scaler", None)  # DDP fp16: torch's GradScaler
-
-    @functools.wraps(original_step)
-    def step(*args, **kwargs):
-        optimizer.step_was_skipped = False
-        scale_before = scaler.get_scale() if scaler is not None else None
-        result = original_step(*args, **kwargs)
-        if scaler is not None:
-            optimizer.step_was_skipped = scaler.get_scale() < scale_before  # the scaler backs off on overflow
-        return result
-
-    if mixin is not None and hasattr(mixin, "should_skip_step"):
-        original_should_skip = mixin.should_skip_step
-
-        @functools.wraps(original_should_skip)
-        def should_skip_step():
-            skipped = original_should_skip()
-            optimizer.step_was_skipped = bool(skipped)
-            return skipped
-
-        mixin.should_skip_step = should_skip_step
-    optimizer.step = step
-    optimizer._coati_hf_tracks_skips = True
-
-
 def _zero_grad_clears_optimizer(model, optimizer) -> None:
     """Make ``model.zero_grad()`` also clear the gradient shards ZeRO keeps in its optimizer.
 
@@ -617,49 +614,3 @@ def _zero_grad_clears_optimizer(model, optimizer) -> None:
         module_zero_grad(set_to_none=set_to_none)
 
     model.zero_grad = zero_grad
-
-
-def zero_grad_norm(optimizer) -> float:
-    """Global 2-norm of the gradients held (sharded) by a ``LowLevelZeroOptimizer``.
-
-    The same computation ``LowLevelZeroOptimizer.step`` does before clipping: each rank's
-    shard norms, summed over the data-parallel group, divided by the fp16 loss scale.
-    Collective: every rank must call it.
-    """
-    from colossalai.zero.low_level._utils import calculate_global_norm_from_list
-
-    norms = []
-    for group_id in range(optimizer.num_param_groups):
-        norm = 0.0
-        for store in optimizer.pg_to_grad_store.values():
-            norm += optimizer._compute_grad_norm(dp_pg=store.torch_pg, gradients=store.get_working_grads_by_group_id(group_id))
-        norms.append(norm)
-    total = calculate_global_norm_from_list(norm_list=norms)
-    mixin = optimizer.mixed_precision_mixin
-    return total / mixin.get_grad_div_scale() if mixin is not None else total
-
-
-def to_hybrid_adam(optimizer):
-    """Replace a torch ``Adam``/``AdamW`` with colossalai's ``HybridAdam`` (same groups and hyper-parameters).
-
-    Gemini accepts only colossalai's Adam kernels; ``zero2_cpu`` steps offloaded states
-    with HybridAdam's CPU kernel. Anything that is not Adam(W) is returned unchanged.
-    """
-    from colossalai.nn.optimizer import CPUAdam, FusedAdam, HybridAdam
-
-    if isinstance(optimizer, (HybridAdam, CPUAdam, FusedAdam)):
-        return optimizer
-    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
-        logger.warning("Keeping optimizer %s (only Adam/AdamW are swapped for HybridAdam)", type(optimizer).__name__)
-        return optimizer
-    keys = ("params", "lr", "betas", "eps", "weight_decay", "initial_lr")
-    groups = [{k: g[k] for k in keys if k in g} for g in optimizer.param_groups]
-    defaults = optimizer.defaults
-    return HybridAdam(
-        groups,
-        lr=defaults["lr"],
-        betas=defaults["betas"],
-        eps=defaults["eps"],
-        weight_decay=defaults["weight_decay"],
-        adamw_mode=isinstance(optimizer, torch.optim.AdamW),
-    )

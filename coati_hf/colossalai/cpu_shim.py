@@ -9,6 +9,9 @@ accelerator. On CPU those calls have an obvious meaning, and this shim gives it 
   is synchronous, so ordering between "streams" is already guaranteed);
 - ``stream(s)``: a no-op context manager; ``set_stream``: a no-op;
 - ``synchronize()``: a no-op (nothing runs asynchronously);
+- ``device_count()``: 1 (the host), as the dynamic loss scaler asks before creating its scale;
+- ``autocast(...)``: ``torch.autocast("cpu", ...)``, fp16 by default as on CUDA (colossalai
+  returns the ``nullcontext`` class, which is not a context manager);
 - ``LowLevelZeroOptimizer._sanity_checks``: accepts the CPU accelerator; the dtype check
   it also does is kept.
 
@@ -19,7 +22,9 @@ builder turns it off on CPU (:meth:`ColossalAIPlugin.build`).
 and applying it twice is the same as once. The patches are on ``CpuAccelerator`` (only
 used on CPU) and on one ZeRO method that keeps its original behaviour for any other
 accelerator. With these, DDP and ZeRO-1/2 (fp32, bf16) train, save and load on gloo and
-give the same losses as DDP (checked by ``tests/test_colossalai_distributed.py``).
+give the same losses as DDP (checked by ``tests/test_colossalai_distributed.py``). ZeRO's fp16
+loss scaler runs too (``tests/test_ppo_backends.py``), though coati_hf still refuses fp16 on a
+CPU for users (see ``accelerator._check_precision_on_device``).
 """
 
 from __future__ import annotations
@@ -73,6 +78,16 @@ def _noop(self, *args, **kwargs):
     return None
 
 
+def _one_device(self) -> int:
+    return 1
+
+
+def _cpu_autocast(self, enabled: bool = True, dtype=None, cache_enabled: bool = True):
+    import torch
+
+    return torch.autocast("cpu", dtype=dtype or torch.float16, enabled=enabled, cache_enabled=cache_enabled)
+
+
 def is_cpu_accelerator() -> bool:
     """Whether colossalai's current accelerator is its CPU accelerator."""
     from colossalai.accelerator import get_accelerator
@@ -106,6 +121,8 @@ def apply_cpu_shim() -> bool:
     CpuAccelerator.stream = _null_stream_context
     CpuAccelerator.set_stream = _noop
     CpuAccelerator.synchronize = _noop
+    CpuAccelerator.device_count = _one_device
+    CpuAccelerator.autocast = _cpu_autocast
     LowLevelZeroOptimizer._sanity_checks = _cpu_aware_sanity_checks(LowLevelZeroOptimizer._sanity_checks)
     setattr(CpuAccelerator, _MARKER, True)
     return True

@@ -20,7 +20,9 @@ What the mixin changes when a strategy is selected:
   ``max_grad_norm``, Gemini's gradient accumulation from ``gradient_accumulation_steps``,
   DDP's ``find_unused_parameters`` from ``ddp_find_unused_parameters``.
 - ``create_scheduler``: the LR scheduler drives the inner torch optimizer (a boosted
-  optimizer is not a ``torch.optim.Optimizer``).
+  optimizer is not a ``torch.optim.Optimizer``). A scheduler passed in ``optimizers=`` and
+  built on an AdamW that ``zero2_cpu``/Gemini swap for HybridAdam drives it too (the two share
+  their param groups, :mod:`~coati_hf.colossalai.optimizers`).
 - ``_save_optimizer_and_scheduler`` / ``_load_optimizer_and_scheduler``: the optimizer
   state is gathered on every rank and written once by rank 0 (``optimizer.pt``, the
   Trainer's own file name); on resume every rank takes its shard. Loading first re-syncs

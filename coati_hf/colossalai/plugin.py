@@ -314,6 +314,38 @@ def check_strategy_supported(strategy, *, cuda_available: bool | None = None) ->
     return name
 
 
+#: The ColossalAI strategy that shards as a DeepSpeed ZeRO stage does.
+DEEPSPEED_COUNTERPARTS = {0: "ddp", 1: "zero1", 2: "zero2", 3: "gemini"}
+
+
+def refuse_deepspeed(args, trainer: str = "PPOTrainer") -> None:
+    """Raise one clear ``ValueError`` when ``args`` runs under DeepSpeed, naming the ColossalAI
+    strategy that shards the same way.
+
+    DeepSpeed is switched on through ``TrainingArguments`` (``--deepspeed``, or an accelerate
+    config with ``distributed_type: DEEPSPEED``, which sets ``ACCELERATE_USE_DEEPSPEED``): both
+    leave ``args.deepspeed_plugin`` set when the arguments are built, before any model work.
+    PPO cannot follow DeepSpeed's engine: it steps the optimizer inside ``backward`` and divides
+    by its own accumulation count (PPO takes exactly one step per minibatch and decides whether to
+    take it), and ZeRO-3's empty parameter shards break folding LoRA into the weights for
+    generation and the lean-MLP probe.
+    """
+    plugin = getattr(args, "deepspeed_plugin", None)
+    if plugin is None and not getattr(args, "deepspeed", None):
+        return
+    stage = getattr(plugin, "zero_stage", None)
+    strategy = DEEPSPEED_COUNTERPARTS.get(stage, "zero2")
+    described = f"DeepSpeed ZeRO-{stage}" if stage is not None else "DeepSpeed"
+    raise ValueError(
+        f"{trainer} does not run under DeepSpeed (this run asks for {described}: --deepspeed or an accelerate config "
+        "with distributed_type: DEEPSPEED). DeepSpeed steps the optimizer inside backward() and divides by its own "
+        "accumulation count, and ZeRO-3 leaves empty parameter shards; PPO needs neither. Use the ColossalAI strategy "
+        f"that does the same: --colossalai_strategy {strategy} (or colossalai_strategy: {strategy} in the recipe), "
+        "launched without the DeepSpeed config (e.g. --accelerate_config multi_gpu). SFT and reward-model training "
+        "keep DeepSpeed."
+    )
+
+
 def _check_shardformer_importable() -> None:
     """The 3d strategy rewrites models with colossalai.shardformer, written against transformers 4.51."""
     try:

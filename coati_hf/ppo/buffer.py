@@ -15,7 +15,7 @@ aligned with ``response_ids``. Padding is 0 in the masks and per-token tensors a
 
 Each epoch draws a fresh random permutation of all samples and cuts it into
 ``num_mini_batches`` near-equal minibatches (``torch.tensor_split``: sizes differ by at most one
-when the count does not divide evenly, e.g. after NaN-scored samples were dropped). Each
+when the count does not divide evenly). Each
 minibatch is trimmed to the columns it uses unless ``trim=False``.
 """
 
@@ -87,24 +87,8 @@ class ReplayBuffer:
         self._parts = [merged]
         self._collated = merged
 
-    def refill_to(self, size: int) -> None:
-        """Top the buffer up to ``size`` rows with copies whose action mask is all False.
-
-        The experience maker drops rows with a NaN score; without refilling, ranks would run
-        different numbers of micro-batches and their collective calls would pair up wrongly.
-        Every loss and statistic is masked, so the filler contributes nothing.
-        """
-        missing = size - len(self)
-        if missing <= 0:
-            return
-        collated = self.collate()
-        filler = collated.select(torch.arange(missing, device=collated.sequences.device) % len(collated))
-        zeroed = {name: torch.zeros_like(getattr(filler, name)) for name in Experience.TOKEN_FIELDS}
-        self.append(replace(filler, info={}, **zeroed))
-
     def part_infos(self) -> list[dict]:
-        """Every appended experience's own ``info``, however often the buffer was collated
-        (fillers carry an empty one)."""
+        """Every appended experience's own ``info``, however often the buffer was collated."""
         flat, pending = [], list(self.infos)
         while pending:
             info = pending.pop(0)
@@ -115,8 +99,9 @@ class ReplayBuffer:
         return flat
 
     def merged_info(self) -> dict:
-        """The ``info`` of every stored experience combined: means weighted by sample count,
-        ``num_*`` counts summed, the latest ``kl_coef``; filler rows carry no info."""
+        """The ``info`` of every stored experience combined: means weighted by sample count
+        (parts without a usable sample, whose means are NaN, weigh nothing; NaN when no part
+        has one), ``num_*`` counts summed, the latest ``kl_coef``."""
         flat = [info for info in self.part_infos() if info]
         total = sum(info["num_samples"] for info in flat)
         merged = {}
@@ -125,9 +110,16 @@ class ReplayBuffer:
                 merged[key] = sum(info[key] for info in flat)
             elif key == "kl_coef":
                 merged[key] = flat[-1][key]
+            elif total == 0:
+                merged[key] = float("nan")
             else:
-                merged[key] = sum(info[key] * info["num_samples"] for info in flat) / max(total, 1)
+                merged[key] = sum(info[key] * info["num_samples"] for info in flat if info["num_samples"]) / total
         return merged
+
+    def usable_samples(self) -> int:
+        """Number of stored rows with at least one action token (rows whose score or rewards
+        were not finite have none)."""
+        return sum(int(part.action_mask.any(dim=-1).sum()) for part in self._parts)
 
     def iter_minibatches(
         self,

@@ -14,9 +14,11 @@ train/eval state restored afterwards):
    tokenizer (right padding, read at the last non-pad token); a reward model whose head pools
    its input (BERT, DeBERTa: ``classifier``) is scored by its own forward on right-padded
    input; a Python callable gets ``(prompts, completions)`` text. Rows whose score is NaN or
-   infinite (in float32 or once cast to the policy's dtype) are dropped, and so are rows whose
-   rewards, returns or advantages overflow later (all counted in ``info["num_nan_scores"]``;
-   an error if every row would be dropped);
+   infinite (in float32 or once cast to the policy's dtype) are masked out (they stay in the
+   batch with no action token, so every rank keeps its row count, and every loss and statistic
+   skips them), and so are rows whose rewards, returns or advantages overflow later (all
+   counted in ``info["num_nan_scores"]``). A batch left without any usable row is not an error
+   here: the trainer decides across ranks whether the update has a usable sample;
 4. forward passes, ``local_rollout_forward_batch_size`` rows at a time: policy and reference
    log-probs (reference = ``ref_policy``, or the peft ``policy`` with its adapter disabled, or
    with ``config.ref_adapter_name`` active), critic values;
@@ -91,16 +93,25 @@ def _embeddable_pad_id(tokenizer, model) -> int:
     return eos_id if eos_id is not None and eos_id < embeddings.num_embeddings else 0
 
 
+def _overflow_free_rows(*tensors: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: rows whose every value, and its square, is finite in float32. A finite but huge
+    number (a reward of 3e38) is as unusable as an infinite one: its square overflows the value
+    loss and the whitening variance, and would turn every other row of the batch into NaN."""
+    keep = torch.ones(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
+    for tensor in tensors:
+        values = tensor.float()
+        keep &= torch.isfinite(values * values).all(dim=-1)
+    return keep
+
+
 def _count_dropped(keep: torch.Tensor, what: str) -> int:
-    """Number of rows ``keep`` drops (with a warning); an error if it would drop every row."""
+    """Number of rows ``keep`` drops, with a warning. Dropping every row is not an error here:
+    whether an update has a usable sample is decided by the trainer across all ranks (a rank
+    raising alone would leave the others waiting in their next collective call)."""
     dropped = int((~keep).sum())
-    if dropped == len(keep):
-        raise ValueError(
-            f"no usable sample in the batch: the {what} of every sample is NaN or infinite ({dropped} samples); check the reward "
-            "model or function (score_clip bounds huge scores)"
-        )
     if dropped:
-        logger.warning("Dropping %d of %d samples: their %s is NaN or infinite", dropped, len(keep), what)
+        everything = " (no usable sample left in this batch)" if dropped == len(keep) else ""
+        logger.warning("Dropping %d of %d samples: their %s%s", dropped, len(keep), what, everything)
     return dropped
 
 
@@ -255,11 +266,11 @@ class ExperienceMaker:
             scores = scores.to(device)
             training_dtype = next(self.policy.parameters()).dtype
             finite = torch.isfinite(scores) & torch.isfinite(scores.to(training_dtype))
-            num_bad = _count_dropped(finite, "reward score")
-            if num_bad:
-                sequences, attention_mask, action_mask = sequences[finite], attention_mask[finite], action_mask[finite]
-                scores, has_stop = scores[finite], has_stop[finite]
-                trunk_states = None if trunk_states is None else trunk_states[finite.to(trunk_states.device)]
+            num_bad = _count_dropped(finite, "reward score is NaN or infinite")
+            if num_bad:  # kept as rows without action tokens: every loss and statistic skips them
+                action_mask = action_mask & finite.unsqueeze(-1)
+                attention_mask = torch.cat([prompt_mask.long(), action_mask.long()], dim=1)
+                scores = torch.where(finite, scores, torch.zeros((), device=device))
             if config.missing_eos_penalty is not None:
                 scores = scores - config.missing_eos_penalty * (~has_stop).float()
 
@@ -318,9 +329,11 @@ class ExperienceMaker:
         """Step 5: KL-shaped rewards, GAE and ``info`` for ``experience`` (from
         :meth:`make_experience`), given its rows' policy log-probs and critic values ``(B, R)``.
 
-        Rows whose rewards, returns or advantages overflow are masked out (no action token left:
-        every loss and statistic ignores them) and counted in ``info["num_nan_scores"]``. Rows
-        without action tokens (fillers) take no part in the statistics. ``whiten_rewards`` and
+        Rows whose rewards, returns or advantages overflow (a value or its square not finite)
+        are masked out (no action token left: every loss and statistic ignores them) and counted
+        in ``info["num_nan_scores"]``; rewards are whitened only after that, over the rows left.
+        Rows without action tokens take no part in the statistics (with none left, the means in
+        ``info`` are NaN and ``num_samples`` is 0). ``whiten_rewards`` and
         ``whiten_advantages`` default to the config's (a trainer that whitens a whole buffer at
         once turns them off here).
         """
@@ -334,18 +347,23 @@ class ExperienceMaker:
         kl_coef = float(self.kl_controller.value)
         kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, config.kl_estimator), zero)
         rewards = shape_rewards(scores, kl, mask, kl_coef, config.reward_placement, config.score_clip)
-        if whiten_rewards:
+        # Rows that overflow are masked out before any statistic spans the batch: one such row
+        # would otherwise make every row's whitened reward NaN.
+        keep = _overflow_free_rows(rewards)
+        dropped = _count_dropped(keep | ~mask.any(dim=-1), "rewards overflow (a value or its square is not finite)")
+        mask = mask & keep.unsqueeze(-1)
+        rewards = torch.where(mask, rewards, zero)
+        if whiten_rewards and mask.any():
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = compute_gae(rewards, values, mask, config.gamma, config.lam)
-        # a finite but huge score can still overflow once summed into rewards and returns
-        finite = torch.isfinite(rewards).all(dim=-1) & torch.isfinite(returns).all(dim=-1)
-        finite &= torch.isfinite(advantages).all(dim=-1)
-        dropped = _count_dropped(finite | ~mask.any(dim=-1), "reward, return or advantage")
+        keep = _overflow_free_rows(returns, advantages)
+        more = _count_dropped(keep | ~mask.any(dim=-1), "returns or advantages overflow")
+        dropped += more
         if dropped:
-            mask = mask & finite.unsqueeze(-1)
+            mask = mask & keep.unsqueeze(-1)
             logprobs, values, kl = (torch.where(mask, t, zero) for t in (logprobs, values, kl))
             rewards, advantages, returns = (torch.where(mask, t, zero) for t in (rewards, advantages, returns))
-        if whiten_advantages:
+        if whiten_advantages and mask.any():
             advantages = masked_whiten(advantages, mask)
 
         rows = mask.any(dim=-1)  # real samples (not fillers, not masked out)

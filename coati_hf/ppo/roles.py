@@ -26,6 +26,8 @@ import copy
 import logging
 import math
 import os
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from torch import nn
@@ -96,7 +98,7 @@ def build_roles(
 
     for module in (model, ref_model, value_model, None if reward_is_function else reward_model):
         if module is not None:
-            _disable_dropout(module)
+            disable_dropout(module)
     if ref_model is not None:
         ref_model.requires_grad_(False).eval()
     if not reward_is_function and not reward_shares_critic:
@@ -206,16 +208,101 @@ def _frozen_copy(model):
     return reference.eval()
 
 
-def _disable_dropout(model) -> None:
+def disable_dropout(model) -> None:
+    """Turn every form of dropout in ``model`` off for training.
+
+    PPO compares log-probs and values of the same tokens across forward passes (rollout vs
+    update, and within the single-pass update, KL and advantages come from a train-mode
+    forward), so any randomness in a forward is an error in the ratios. Dropout hides in three
+    places, and all three are set to 0:
+
+    - ``nn.Dropout`` modules (and their 1d/2d/3d/alpha variants): ``p = 0``;
+    - float probabilities a module keeps and passes to ``F.dropout`` or the attention kernel
+      when ``self.training`` (OPT's ``dropout`` and ``layerdrop``, Llama-family
+      ``attention_dropout``, ...): every float attribute whose name contains "drop";
+    - the same fields in the model's config (and its sub-configs), which some modules read at
+      call time (Falcon's and GPT-Neo's ``self.config.attention_dropout``). Their original
+      values are remembered: :func:`dropout_config_restored` puts them back for an export.
+    """
+    configs = []
     for module in model.modules():
-        if isinstance(module, nn.Dropout):
+        if isinstance(module, nn.modules.dropout._DropoutNd):
             module.p = 0.0
+        for name, value in vars(module).items():
+            if type(value) is float and value and "drop" in name.lower():
+                setattr(module, name, 0.0)
+        config = getattr(module, "config", None)
+        if config is not None and not any(config is seen for seen in configs):
+            configs.append(config)
+    for config in configs:
+        _zero_config_dropout(config)
+
+
+# id(config) -> (weak reference to it, {field: original value}); configs are not hashable
+_CONFIG_DROPOUT: dict[int, tuple[weakref.ref, dict[str, float]]] = {}
+
+
+def _zero_config_dropout(config) -> None:
+    from transformers import PretrainedConfig
+
+    originals = {}
+    for name, value in list(vars(config).items()):
+        if isinstance(value, PretrainedConfig):
+            _zero_config_dropout(value)
+        elif type(value) is float and value and "drop" in name.lower():
+            originals[name] = value
+            setattr(config, name, 0.0)
+    if originals:
+        _, known = _CONFIG_DROPOUT.get(id(config), (None, {}))
+        _CONFIG_DROPOUT[id(config)] = (weakref.ref(config, lambda _, key=id(config): _CONFIG_DROPOUT.pop(key, None)), {**originals, **known})
+
+
+@contextmanager
+def dropout_config_restored(*models):
+    """Within the block, the configs of ``models`` carry the dropout values they had before
+    :func:`disable_dropout` (so an export's ``config.json`` is the user's, not PPO's)."""
+    restored = []
+    for model in models:
+        for module in model.modules() if isinstance(model, nn.Module) else ():
+            config = getattr(module, "config", None)
+            for sub in _configs_within(config):
+                ref, originals = _CONFIG_DROPOUT.get(id(sub), (None, None))
+                if ref is not None and ref() is sub and not any(sub is done for done, _ in restored):
+                    restored.append((sub, {name: getattr(sub, name) for name in originals}))
+                    for name, value in originals.items():
+                        setattr(sub, name, value)
+    try:
+        yield
+    finally:
+        for config, values in restored:
+            for name, value in values.items():
+                setattr(config, name, value)
+
+
+def _configs_within(config):
+    from transformers import PretrainedConfig
+
+    if not isinstance(config, PretrainedConfig):
+        return
+    yield config
+    for value in vars(config).values():
+        if isinstance(value, PretrainedConfig):
+            yield from _configs_within(value)
 
 
 def _critic_from_policy(policy):
     """A ``num_labels=1`` sequence classifier on a copy of the policy's backbone, new value head."""
     from transformers import AutoModelForSequenceClassification
 
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    model_type = getattr(policy.config, "model_type", None)
+    if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise ValueError(
+            f"value_model=None builds the critic from the policy's backbone, but transformers has no sequence-classification "
+            f"class for model_type {model_type!r}: pass value_model=<a num_labels=1 AutoModelForSequenceClassification of "
+            "another family that reads the policy's token ids>, or a reward model to start the critic from."
+        )
     base = merged_copy(policy)  # a peft policy: a plain copy with its adapter merged (LoRA layers renamed the weights)
     config = copy.deepcopy(base.config)
     config.num_labels = 1

@@ -48,6 +48,8 @@ from transformers.trainer_utils import TrainOutput
 from trl.trainer.base_trainer import _BaseTrainer
 
 from ..colossalai import ColossalAIMixin
+from ..colossalai.plugin import refuse_deepspeed
+from ..colossalai.stepping import clip_and_step
 from ..hub.stages import CRITIC_SUBFOLDER, export_ppo
 from ..hub.trainer_mixin import AtomicCheckpointMixin, HubExportMixin
 from ..numerics import check_finite_weights
@@ -61,7 +63,7 @@ from .advantages import masked_mean
 from .kl import build_kl_controller
 from .losses import mix_ptx_loss, policy_loss, ratio_guard_exceeded, value_loss
 from .prompts import PromptBatcher, prepare_pretrain_blocks, prepare_prompt_dataset
-from .roles import build_roles
+from .roles import build_roles, dropout_config_restored
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
     ) -> None:
         if not isinstance(args, PPOConfig):
             raise TypeError(f"args must be a coati_hf.PPOConfig, got {type(args).__name__}")
+        refuse_deepspeed(args, "PPOTrainer")  # before any model work; names the ColossalAI strategy to use instead
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
         if ref_model is not None and ref_model is model:
@@ -199,10 +202,14 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
             if resume_from_checkpoint is None:
                 raise ValueError(f"No checkpoint found in {args.output_dir} to resume from")
 
-        self.create_optimizer_and_scheduler(num_training_steps=args.num_total_batches)
+        self.create_optimizer()
         if args.activation_checkpointing:
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
         self.model_wrapped, self.optimizer = accelerator.prepare(self.model, self.optimizer)
+        # As transformers' Trainer: the schedule is built on the optimizer that steps, which exists only after
+        # prepare (ColossalAI's zero2_cpu/Gemini swap an AdamW for HybridAdam; a scheduler passed in `optimizers`
+        # and built on the AdamW stays live too, the two share their param groups).
+        self.create_scheduler(num_training_steps=args.num_total_batches)
         model = self.model_wrapped
         torch.manual_seed(args.seed + accelerator.process_index * 100003)  # ranks sample different responses
 
@@ -229,20 +236,25 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
                 for start in range(0, len(rows), args.experience_batch_size):
                     chunk = self.data_collator([{"input_ids": r["input_ids"]} for r in rows[start : start + args.experience_batch_size]])
                     buffer.append(self.experience_maker.make_experience(chunk, evaluate_policy_and_critic=not single_pass))
-            buffer.refill_to(args.local_batch_size)
-            # Whitening statistics span the whole local rollout batch, as in TRL (not one chunk).
-            if args.whiten_rewards and not single_pass:
-                buffer.whiten_rewards(args.gamma, args.lam)
-            if args.whiten_advantages and not single_pass:
-                buffer.whiten_advantages()
-            self.model.train()
             learning_rate = self.lr_scheduler.get_last_lr()[0]  # the rate this update trains with
-            stats = self._optimize(model, buffer, self._ptx_batches(update), single_pass)
-            rollout = self._single_pass_info(buffer, stats.pop("completed")) if single_pass else buffer.merged_info()
+            if self._every_rank_has_a_usable_sample(buffer, update):
+                # Whitening statistics span the whole local rollout batch, as in TRL (not one chunk).
+                if args.whiten_rewards and not single_pass:
+                    buffer.whiten_rewards(args.gamma, args.lam)
+                if args.whiten_advantages and not single_pass:
+                    buffer.whiten_advantages()
+                self.model.train()
+                stats = self._optimize(model, buffer, self._ptx_batches(update), single_pass)
+                rollout = self._single_pass_info(buffer, stats.pop("completed")) if single_pass else buffer.merged_info()
+            else:
+                stats = defaultdict(list, skipped_updates=[1.0])
+                rollout = _unusable_rollout_info(buffer, self.kl_controller.value)
             buffer.clear()
             check_finite_weights(self.accelerator.unwrap_model(model), f"update {update}", trainable_only=True)
 
-            self.kl_controller.update(self._global_mean_kl(rollout), args.batch_size)
+            global_kl = self._global_mean_kl(rollout)
+            if global_kl is not None:  # no sample anywhere: nothing to steer the coefficient by
+                self.kl_controller.update(global_kl, args.batch_size)
             if stats["optimizer_steps"]:  # as transformers' Trainer: the schedule waits for a skipped step
                 self.lr_scheduler.step()
             self.state.global_step += 1
@@ -270,6 +282,22 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
         args = self.args
         return args.num_ppo_epochs == 1 and args.num_mini_batches == 1 and args.gradient_accumulation_steps == 1
 
+    def _every_rank_has_a_usable_sample(self, buffer: ReplayBuffer, update: int) -> bool:
+        """Whether every rank's rollout kept at least one row with action tokens (rows whose
+        score or rewards were not finite have none). Decided over all ranks, so that they skip
+        an update together: a rank that stopped alone would leave the others waiting in their
+        next collective call."""
+        empty = torch.tensor([0.0 if buffer.usable_samples() else 1.0], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            empty = self.accelerator.reduce(empty, reduction="sum")
+        if empty.item() == 0:
+            return True
+        logger.warning(
+            "Skipping PPO update %d: %d rank(s) have no usable sample (every reward score or reward is NaN or "
+            "infinite); check the reward model or function (score_clip bounds huge scores)", update, int(empty.item()),
+        )  # fmt: skip
+        return False
+
     def _single_pass_info(self, buffer: ReplayBuffer, completed: list[dict]) -> dict:
         """The rollout's info when :meth:`_single_pass` completed the experience in the update:
         the completed statistics plus the counts the rollout recorded (dropped rows, truncated
@@ -293,7 +321,10 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
         replaced by a zero one that keeps every rank's collective calls in step; the decision
         is reduced over ranks so all of them skip it alike). A step whose accumulated gradient
         norm is not finite is not taken. Both are counted (``ppo/skipped_updates``,
-        ``ppo/skipped_steps``).
+        ``ppo/skipped_steps``). Rows masked out at rollout (non-finite score or rewards) keep
+        their place in the batch; a micro-batch made only of them trains nothing and logs
+        nothing. A rank left without any usable row skips the update, and so do all the others
+        (:meth:`_every_rank_has_a_usable_sample`; in the single pass, at its one micro-batch).
 
         ``single_pass`` (see :meth:`_single_pass`): the buffer's experiences lack the policy's
         log-probs and the critic's values; the one micro-batch's forward provides them and
@@ -324,27 +355,32 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
                         )  # fmt: skip
                         stats["completed"].append(micro.info)
                     loss, parts = self._micro_batch_loss(outputs, micro)
-                    reason = self._skip_reason(loss, parts["ratio"])
+                    has_actions = bool(micro.action_mask.any())
+                    # in a single pass this micro-batch is the rank's whole batch: with no usable row left
+                    # (every reward overflowed), every rank skips the update together
+                    reason = self._skip_reason(loss, parts["ratio"], no_usable_sample=single_pass and not has_actions)
                     if reason is None:
-                        for name, value in parts.items():
-                            stats[name].append(value)
+                        if has_actions:  # masked-out rows have no ratio or loss to report: keep them out of the means
+                            for name, value in parts.items():
+                                stats[name].append(value)
                     else:
                         logger.warning("Skipping a PPO micro-batch at update %d: %s", self.state.global_step + 1, reason)
                         stats["skipped_updates"].append(1.0)
                         loss = sum(parameter.sum() * 0.0 for parameter in trainable)  # no NaN can flow back
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(trainable, max_norm)
-                        if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)).all():
-                            logger.warning(
-                                "Not taking the optimizer step at update %d: the gradient norm is %s",
-                                self.state.global_step + 1,
-                                float(torch.as_tensor(grad_norm).float().max()),
-                            )
-                            stats["skipped_steps"].append(1.0)
-                        else:
-                            self.optimizer.step()
+                        # a loss scaler (fp16) skips an overflowing step itself and lowers its scale; otherwise a
+                        # non-finite norm (the same on every rank) means no step
+                        outcome = clip_and_step(accelerator, self.optimizer, trainable, max_norm)
+                        if outcome.taken:
                             stats["optimizer_steps"].append(1.0)
+                        else:
+                            (logger.info if outcome.loss_scaled else logger.warning)(
+                                "Not taking the optimizer step at update %d: the gradients are not finite (norm %s)%s",
+                                self.state.global_step + 1, outcome.grad_norm,
+                                " -- an fp16 overflow, the loss scaler adjusts its scale" if outcome.loss_scaled else "",
+                            )  # fmt: skip
+                            stats["skipped_steps"].append(1.0)
                         self.optimizer.zero_grad()
         return stats
 
@@ -388,29 +424,35 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
             parts["ptx_loss"] = float(ptx_loss.detach())
         return loss, parts
 
-    def _skip_reason(self, loss: torch.Tensor, ratio_mean: float) -> str | None:
+    def _skip_reason(self, loss: torch.Tensor, ratio_mean: float, no_usable_sample: bool = False) -> str | None:
         """Why this micro-batch must not be applied (None: apply it). The same answer on every
         rank: a rank that must skip makes all of them skip."""
-        if not torch.isfinite(loss.detach()).all():
+        if no_usable_sample:
+            local = 3
+        elif not torch.isfinite(loss.detach()).all():
             local = 1
         elif ratio_guard_exceeded(ratio_mean, self.args.ratio_guard):
             local = 2
         else:
             local = 0
-        flags = torch.zeros(3, device=self.accelerator.device)
+        flags = torch.zeros(4, device=self.accelerator.device)
         flags[local] = 1.0
         flags = self.accelerator.reduce(flags, reduction="sum") if self.accelerator.num_processes > 1 else flags
+        if flags[3] > 0:
+            return f"no usable sample (every reward or return overflowed) on {int(flags[3])} rank(s)"
         if flags[1] > 0:
             return f"the loss is not finite (loss={float(loss.detach()):.4g}) on {int(flags[1])} rank(s)"
         if flags[2] > 0:
             return f"the mean importance ratio exceeds ratio_guard={self.args.ratio_guard} (here {ratio_mean:.4g})"
         return None
 
-    def _global_mean_kl(self, rollout: dict) -> float:
-        """The rollout's mean sequence KL over every rank, so all ranks steer the same coefficient."""
-        local = torch.tensor([rollout["kl"] * rollout["num_samples"], float(rollout["num_samples"])], device=self.accelerator.device)
+    def _global_mean_kl(self, rollout: dict) -> float | None:
+        """The rollout's mean sequence KL over every rank, so all ranks steer the same
+        coefficient; None when no rank has a sample."""
+        count = float(rollout["num_samples"])
+        local = torch.tensor([rollout["kl"] * count if count else 0.0, count], device=self.accelerator.device)
         total = self.accelerator.reduce(local, reduction="sum")
-        return (total[0] / total[1].clamp(min=1.0)).item()
+        return (total[0] / total[1]).item() if total[1] > 0 else None
 
     def _metrics(self, rollout: dict, stats: dict, start_time: float, start_step: int, learning_rate: float) -> dict[str, float]:
         """TRL 1.12's metric names, plus coati_hf's (PTX loss, KL coefficient, skips, counts)."""
@@ -447,8 +489,9 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
             "rollout/no_eos": total(rollout["num_no_stop"]),
             "rollout/nan_scores": total(rollout["num_nan_scores"]),
             "rollout/truncated_prompts": total(rollout["num_truncated_prompts"]),
-            "ppo/skipped_updates": total(len(stats["skipped_updates"])),
-            "ppo/skipped_steps": total(len(stats["skipped_steps"])),
+            # every rank skips and steps together (the decisions are reduced over ranks): counts per update, not x ranks
+            "ppo/skipped_updates": len(stats["skipped_updates"]),
+            "ppo/skipped_steps": len(stats["skipped_steps"]),
             "ppo/optimizer_steps": len(stats["optimizer_steps"]),
             "lr": learning_rate,
             "episode": self.state.episode,
@@ -542,7 +585,8 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
         else:
             check_finite_weights(wrapper, f"saving {output_dir} at update {self.state.global_step}")
         if self.accelerator.is_main_process:
-            export_ppo(self, wrapper.policy, wrapper.value_model, output_dir, policy_state=policy_state, critic_state=critic_state)
+            with dropout_config_restored(wrapper.policy, wrapper.value_model):  # the user's config.json, not PPO's
+                export_ppo(self, wrapper.policy, wrapper.value_model, output_dir, policy_state=policy_state, critic_state=critic_state)
         self.accelerator.wait_for_everyone()
         if self.args.push_to_hub and not _internal_call:
             self.push_export(output_dir, commit_message="Model save")
@@ -603,6 +647,17 @@ class PPOTrainer(ColossalAIMixin, HubExportMixin, AtomicCheckpointMixin, _BaseTr
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
+
+
+def _unusable_rollout_info(buffer: ReplayBuffer, kl_coef: float) -> dict:
+    """The rollout statistics of a batch without a usable sample: NaN means (logged as "no
+    data", left out of the averages), the counts the rollout recorded."""
+    parts = buffer.part_infos()
+    info = {key: float("nan") for key in ("kl", "kl_k3", "entropy", "score", "non_score_reward", "rlhf_reward", "response_length")}
+    info.update(kl_coef=kl_coef, num_samples=0, num_no_stop=0)
+    for key in ("num_nan_scores", "num_truncated_prompts"):
+        info[key] = sum(part.get(key, 0) for part in parts)
+    return info
 
 
 def _load_weights(model, folder: str) -> None:
