@@ -3,19 +3,23 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup setup-test demo test test-fast clean
 
 setup:
 	@bash tools/setup_env.sh
 
+# The tests also need a headless browser (the web-chat test); the demo does not.
+setup-test: setup
+	@bash tools/setup_browser.sh
+
 demo: setup
 	$(PY) -m coati_hf.cli demo --output-dir outputs/demo
 
-test: setup
+test: setup-test
 	$(PY) -m pytest -q -x --durations=15 $(PYTEST_ARGS)
 
 # Unit tests only (no end-to-end runs on the embedded model, no multi-rank runs).
-test-fast: setup
+test-fast: setup-test
 	$(PY) -m pytest -q -m "not slow and not distributed" $(PYTEST_ARGS)
 
 clean:

@@ -1,5 +1,5 @@
 """coati-hf serve: a Gradio web chat that answers gradio_client on /chat and that a real
-headless Chromium (Debian's package, installed by tools/setup_env.sh) renders with its chat box."""
+headless Chromium (Debian's package, installed by tools/setup_browser.sh, which `make test` runs) renders with its chat box."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.fail("Debian's chromium is missing: run tools/setup_env.sh (it installs it with apt-get install chromium)")
+    pytest.fail("Debian's chromium is missing: run tools/setup_browser.sh (it installs it with apt-get install chromium)")
 
 
 @pytest.fixture(scope="module")

