@@ -7,15 +7,11 @@ so each can fail on its own. All comparisons are fp32.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from multirank import run_ranks
 from coati_hf.colossalai.plugin import colossalai_available
 
 pytestmark = [
@@ -27,25 +23,9 @@ WORKER = Path(__file__).parent / "distributed" / "colossalai_worker.py"
 REL = 1e-5  # fp32 reduction order differs between DDP's all-reduce and ZeRO's reduce-scatter
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory, embedded_dir):
-    out = tmp_path_factory.mktemp("colossalai_ranks")
-    env = {k: v for k, v in os.environ.items() if k != "COATI_HF_STRATEGY"}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(out),
-    ]  # fmt: skip
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=420)
-    if proc.returncode != 0:
-        pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return run_ranks(WORKER, tmp_path_factory.mktemp("colossalai_ranks"), timeout=420)
 
 
 def _result(ranks, key, rank=0):

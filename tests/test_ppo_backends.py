@@ -17,16 +17,12 @@ sharing are checked in this process.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
+from multirank import run_ranks
 from coati_hf.colossalai.plugin import colossalai_available
 
 needs_colossalai = pytest.mark.skipif(not colossalai_available(), reason="colossalai is not installed")
@@ -37,25 +33,9 @@ FP16_RUNS = ["accelerate_fp16", "zero2_fp16"]
 LR, WARMUP = 1e-3, 2  # as in the worker
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory, embedded_dir):
-    out = tmp_path_factory.mktemp("ppo_backend_ranks")
-    env = {k: v for k, v in os.environ.items() if k != "COATI_HF_STRATEGY"}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(out),
-    ]  # fmt: skip
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=480)
-    if proc.returncode != 0:
-        pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return run_ranks(WORKER, tmp_path_factory.mktemp("ppo_backend_ranks"), timeout=480)
 
 
 def _scenario(ranks, name, rank=0):

@@ -6,42 +6,19 @@ job (here: the timeout)."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from multirank import run_ranks
 pytestmark = pytest.mark.distributed
 
 WORKER = Path(__file__).parent / "distributed" / "ppo_unusable_worker.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory, embedded_dir):
-    out = tmp_path_factory.mktemp("unusable_ranks")
-    env = {k: v for k, v in os.environ.items() if k != "COATI_HF_STRATEGY"}
-    env["OMP_NUM_THREADS"] = "1"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(out),
-    ]  # fmt: skip
-    try:
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the ranks did not finish: one of them is waiting for the other")
-    if proc.returncode != 0:
-        pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return run_ranks(WORKER, tmp_path_factory.mktemp("unusable_ranks"), timeout=300)
 
 
 @pytest.mark.parametrize("path", ["single_pass", "general"])
