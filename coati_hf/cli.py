@@ -3,7 +3,7 @@
     coati-hf sft|reward|ppo --config FILE [--option value ...] [--num_processes N]
                                                     a training stage through accelerate launch
                                                     (coati_hf.scripts; --help lists the options)
-    coati-hf demo [--output-dir DIR] [--steps N]   run the pipeline on the embedded SmolLM2
+    coati-hf demo [--output-dir DIR] [--steps N]   run the pipeline on the embedded SmolLM2 and evaluate it
     coati-hf embedded-path                          convert (once) and print the embedded model's folder
     coati-hf push FOLDER REPO_ID [--revision R] [--private] [--token T] [--message M] [--endpoint URL]
                                                     push a saved export to a Hub repo in one commit
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="Run the pipeline on the embedded SmolLM2-135M-Instruct (CPU friendly).")
     demo.add_argument("--output-dir", default="outputs/demo", help="Where every stage writes its model.")
-    demo.add_argument("--steps", type=int, default=8, help="Optimizer steps per stage.")
+    demo.add_argument("--steps", type=int, default=None,
+                      help="SFT and reward-model optimizer steps (default: the demo's recipe; fewer is a quick smoke run).")
     demo.set_defaults(handler=_demo)
 
     path = commands.add_parser("embedded-path", help="Convert the embedded SmolLM2 once and print its folder.")

@@ -1,7 +1,8 @@
 """The whole pipeline on the embedded SmolLM2-135M-Instruct with LoRA: SFT -> RM -> PPO -> export.
 
-This is what `make demo` runs (with fewer steps): every stage's folder must reload with plain
-`from_pretrained`, and PPO must log its per-step statistics.
+This is what `make demo` runs (with fewer steps: a smoke run of the recipe, not its result): every
+stage's folder must reload with plain `from_pretrained`, PPO must log its per-step statistics, and
+the held-out evaluation must reach the summary, the eval files and the cards.
 """
 
 from __future__ import annotations
@@ -64,27 +65,45 @@ def test_every_stage_of_the_demo_has_a_hub_card_naming_the_real_base_model(demo_
     assert lineage[-1]["reward"]["name"] == "reward_model"  # PPO's reward, not its parent
 
 
-def test_the_demo_ends_with_a_summary_a_user_can_act_on(demo_run):
-    """Where each model is, the reward model's held-out accuracy, the held-out mean reward before
-    and after PPO (generate's scoring, recomputed here for the SFT side), and the chat commands."""
+def test_the_demo_ends_with_a_held_out_evaluation_a_user_can_act_on(demo_run):
+    """Where each model is, the reward model's held-out accuracy, the held-out evaluation of both
+    policies (recomputed here for the SFT side with generate's scoring), a verdict that follows
+    the win rate's interval, the chat commands; the numbers also in the eval files and cards."""
+    import json
     import math
+
+    from huggingface_hub import ModelCard
 
     from coati_hf.chat import GenerationSettings, generate_and_score, mean_score
     from coati_hf.data import load_sample
-    from coati_hf.demo import closing_summary
+    from coati_hf.demo import EVAL_NEW_TOKENS, HELD_OUT_PROMPTS, closing_summary, english_prompt_split
 
     summary = demo_run["summary"]
     assert 0.0 <= summary["reward_model_accuracy"] <= 1.0 and summary["held_out_pairs"] == 16
-    assert math.isfinite(summary["mean_reward_sft"]) and math.isfinite(summary["mean_reward_ppo"])
-    held_out = list(load_sample("prompts").select(range(96, 112))["prompt"])
+    assert summary["held_out_prompts"] == HELD_OUT_PROMPTS
+    prompts = load_sample("prompts")
+    train_rows, held_out_rows = english_prompt_split(prompts)
+    assert not set(train_rows) & set(held_out_rows) and all(prompts[r]["prompt"][-1]["content"].isascii() for r in held_out_rows)
+    held_out = [prompts[row]["prompt"] for row in held_out_rows]
     rows = generate_and_score(demo_run["sft"], held_out, demo_run["reward_model"],
-                              settings=GenerationSettings(max_new_tokens=48, temperature=0.0, top_p=1.0), progress=False)
+                              settings=GenerationSettings(max_new_tokens=EVAL_NEW_TOKENS, temperature=0.0, top_p=1.0), progress=False)
     assert mean_score(rows) == pytest.approx(summary["mean_reward_sft"], abs=1e-4)
+    low, high = summary["win_rate_ci95"]
+    assert 0.0 <= low <= summary["win_rate"] <= high <= 1.0 and math.isfinite(summary["kl_to_sft"])
+
     text = closing_summary(demo_run, summary)
-    for folder in (demo_run["sft"], demo_run["reward_model"], demo_run["ppo"]):
+    for folder in (demo_run["sft"], demo_run["reward_model"], demo_run["ppo"], demo_run["eval"]):
         assert folder in text
     assert f"coati-hf chat {demo_run['ppo']}" in text and f"{summary['reward_model_accuracy']:.2f}" in text
+    assert ("not distinguishable" in text) == (low <= 0.5 <= high)
     assert "\ufffd" not in text
+
+    saved = json.loads((Path(demo_run["eval"]) / "eval_results.json").read_text())
+    assert saved["prompts"]["count"] == HELD_OUT_PROMPTS and (Path(demo_run["eval"]) / "eval_results.png").is_file()
+    for stage, key in (("ppo", "mean_reward_ppo"), ("sft", "mean_reward_sft")):
+        results = ModelCard.load(Path(demo_run[stage]) / "README.md").data.eval_results
+        reward = next(r for r in results if r.metric_type == "mean_reward")
+        assert reward.metric_value == pytest.approx(summary[key], abs=1e-5) and "held-out" in reward.dataset_name
 
 
 def test_the_side_by_side_table_shows_the_question_and_whole_one_line_answers():
@@ -92,8 +111,8 @@ def test_the_side_by_side_table_shows_the_question_and_whole_one_line_answers():
 
     prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "什么是人工智能？"}]
     long_answer = "人工智能是一种让计算机像人一样思考和学习的技术。" * 5
-    text = side_by_side([{"prompt": prompt, "completion": "Line one.\nLine two.", "score": -0.5}],
-                        [{"prompt": prompt, "completion": long_answer, "score": 1.25}])
+    text = side_by_side([{"prompt": prompt, "completion": "Line one.\nLine two.", "reward_model": -0.5}],
+                        [{"prompt": prompt, "completion": long_answer, "reward_model": 1.25}])
     lines = text.splitlines()
     assert "  什么是人工智能？" in lines and "Be brief." not in text
     assert "    SFT [-0.50] Line one. Line two." in lines
