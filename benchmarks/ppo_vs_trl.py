@@ -109,7 +109,29 @@ class PhaseTimer:
         self.begin()
 
 
-def _workload(model_dir: str, iterations: int, precision: str = "fp32"):
+# ``--prompts describe``: short one-sentence requests (most answers stop at EOS well before 32 tokens)
+DESCRIBE_TOPICS = ("the ocean", "a volcano", "the moon", "a forest", "a city at night", "a thunderstorm", "the desert",
+                   "a library", "a mountain", "a river", "the sun", "a garden", "a train station", "the winter",
+                   "a bakery", "a lighthouse")  # fmt: skip
+
+
+def _prompt_messages(prompt_set: str) -> list[list[dict]]:
+    """The user turns of the workload: ``shipped`` (the 112 prompts of coati_hf's sample set,
+    English and Chinese questions) or ``describe`` (16 x "Describe X in one sentence.")."""
+    if prompt_set == "describe":
+        return [[{"role": "user", "content": f"Describe {topic} in one sentence."}] for topic in DESCRIBE_TOPICS]
+    with open(ROOT / "coati_hf" / "data" / "samples" / "prompts.jsonl", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    conversations = []
+    for row in rows:
+        messages = row.get("messages") or row.get("prompt")
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        conversations.append([m for m in messages if m["role"] != "assistant"] or messages)
+    return conversations
+
+
+def _workload(model_dir: str, iterations: int, precision: str = "fp32", prompt_set: str = "shipped"):
     """Tokenizer, pre-tokenized prompts and the shared config values."""
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -117,15 +139,7 @@ def _workload(model_dir: str, iterations: int, precision: str = "fp32"):
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.pad_token = "<|endoftext|>"  # SmolLM2's unused special token, as coati_hf's loader picks
-    with open(ROOT / "coati_hf" / "data" / "samples" / "prompts.jsonl", encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    prompts = []
-    for row in rows:
-        messages = row.get("messages") or row.get("prompt")
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
-        messages = [m for m in messages if m["role"] != "assistant"] or messages
-        prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in _prompt_messages(prompt_set)]
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
     dataset = Dataset.from_dict({"input_ids": ids})
     settings = dict(
@@ -197,13 +211,13 @@ def _step_callback(timer: PhaseTimer):
     return StepTimes()
 
 
-def run_trl(model_dir: str, iterations: int, precision: str = "fp32", random_init: bool = False) -> dict:
+def run_trl(model_dir: str, iterations: int, precision: str = "fp32", random_init: bool = False, prompt_set: str = "shipped") -> dict:
     import torch
     import trl.experimental.ppo.ppo_trainer as trl_ppo
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     timer = PhaseTimer()
-    tokenizer, dataset, settings = _workload(model_dir, iterations, precision)
+    tokenizer, dataset, settings = _workload(model_dir, iterations, precision, prompt_set)
     policy, reward, value = _models(model_dir, full_value_model=True, random_init=random_init)
     original_generation = trl_ppo.batch_generation
 
@@ -246,12 +260,12 @@ def run_trl(model_dir: str, iterations: int, precision: str = "fp32", random_ini
 
 
 def run_coati(model_dir: str, iterations: int, recommended: bool, checkpointing: bool = False,
-              precision: str = "fp32", random_init: bool = False) -> dict:
+              precision: str = "fp32", random_init: bool = False, prompt_set: str = "shipped") -> dict:
     import coati_hf.ppo.experience as experience
     from coati_hf import PPOConfig, PPOTrainer
 
     timer = PhaseTimer()
-    tokenizer, dataset, settings = _workload(model_dir, iterations, precision)
+    tokenizer, dataset, settings = _workload(model_dir, iterations, precision, prompt_set)
     policy, reward, value = _models(model_dir, full_value_model=not recommended, random_init=random_init)
     original_generate = experience.generate_responses
 
@@ -327,17 +341,18 @@ def _summary(timer: PhaseTimer, attribute_rest_to: str | None = None) -> dict:
     return summary
 
 
-def child(kind: str, model_dir: str, iterations: int, out: str, precision: str = "fp32", random_init: bool = False) -> None:
+def child(kind: str, model_dir: str, iterations: int, out: str, precision: str = "fp32", random_init: bool = False,
+          prompt_set: str = "shipped") -> None:
     import torch
 
     torch.manual_seed(0)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     if kind == "trl":
-        result = run_trl(model_dir, iterations, precision, random_init)
+        result = run_trl(model_dir, iterations, precision, random_init, prompt_set)
     else:
         result = run_coati(model_dir, iterations, recommended=kind.startswith("coati-recommended"), checkpointing=kind.endswith("-ckpt"),
-                           precision=precision, random_init=random_init)  # fmt: skip
+                           precision=precision, random_init=random_init, prompt_set=prompt_set)  # fmt: skip
     Path(out).write_text(json.dumps(result))
 
 
@@ -396,7 +411,7 @@ def _run_child(kind: str, model_dir: str, iterations: int, workdir: Path, args: 
     out = workdir / f"{kind}-{time.time_ns()}.json"
     env = _child_env(kind, workdir, args.trl_pythonpath)
     command = [str(python), str(Path(__file__).resolve()), "--child", kind, "--model", model_dir, "--iterations", str(iterations),
-               "--out", str(out), "--precision", args.precision] + (["--random-init"] if args.random_init else [])  # fmt: skip
+               "--out", str(out), "--precision", args.precision, "--prompts", args.prompts] + (["--random-init"] if args.random_init else [])  # fmt: skip
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -411,7 +426,9 @@ def _fmt_spread(values: list[float], digits: int = 2) -> str:
 
 
 def table(results: dict[str, list[dict]], warmup: int) -> str:
-    """Markdown table of medians over repetitions (each repetition: the mean of its steady updates)."""
+    """Markdown table of medians over repetitions (each repetition: the mean of its steady updates;
+    "first update" and "all updates" are the same callback-to-callback clock without leaving the
+    warm-up out, the numbers a harness that times every update sees)."""
     rows = {}
     for kind, reps in results.items():
         summary = defaultdict(list)
@@ -420,6 +437,8 @@ def table(results: dict[str, list[dict]], warmup: int) -> str:
             tokens = rep["tokens_per_update"][warmup:]
             for key in ("seconds", *PHASES, "other"):
                 summary[key].append(statistics.mean(u[key] for u in steady))
+            summary["first"].append(rep["per_update"][0]["seconds"])  # what a user's first callback sees
+            summary["all"].append(statistics.mean(u["seconds"] for u in rep["per_update"]))
             summary["tokens_per_s"].append(sum(tokens) / sum(u["generate"] for u in steady))
             summary["rss_gib"].append(rep["peak_rss_bytes"] / GIB)
             if "peak_cuda_bytes" in rep:
@@ -428,7 +447,7 @@ def table(results: dict[str, list[dict]], warmup: int) -> str:
     reference = rows.get("trl")
     # the CUDA columns only where every run measured it (the CPU table keeps its shape)
     cuda = all(len(summary.get("cuda_gib", [])) == len(results[kind]) for kind, summary in rows.items())
-    header = "| run | s / update | generate | policy log-probs | reference | values | reward | update | other | gen tok/s | peak RSS GiB | "
+    header = "| run | s / update | first update | all updates | generate | policy log-probs | reference | values | reward | update | other | gen tok/s | peak RSS GiB | "
     header += "peak CUDA GiB | speed vs TRL | RSS vs TRL | CUDA vs TRL |" if cuda else "speed vs TRL | RSS vs TRL |"
     lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
     for kind, summary in rows.items():
@@ -436,7 +455,7 @@ def table(results: dict[str, list[dict]], warmup: int) -> str:
         speed = f"{statistics.median(reference['seconds']) / median['seconds']:.2f}x" if reference else "–"
         memory = f"{median['rss_gib'] / statistics.median(reference['rss_gib']):.2f}x" if reference else "–"
         line = (
-            f"| {kind} | {_fmt_spread(summary['seconds'])} | "
+            f"| {kind} | {_fmt_spread(summary['seconds'])} | {median['first']:.2f} | {median['all']:.2f} | "
             + " | ".join(f"{median[p]:.2f}" for p in PHASES)
             + f" | {median['other']:.2f} | {median['tokens_per_s']:.0f} | {_fmt_spread(summary['rss_gib'])} | "
         )
@@ -461,6 +480,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's own)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16: bf16=True for both trainers (fp32 weights, autocast)")  # fmt: skip
+    parser.add_argument("--prompts", choices=("shipped", "describe"), default="shipped",
+                        help="shipped: coati_hf's 112 sample prompts; describe: 16 x 'Describe X in one sentence.'")  # fmt: skip
     parser.add_argument("--random-init", action="store_true",
                         help="build the models from --model's config.json with random weights (the default when it has no *.safetensors)")  # fmt: skip
     parser.add_argument("--trl-python", help="interpreter of an environment with TRL 1.12 (default: benchmarks/.venv-trl112, made by setup_trl112.sh)")
@@ -470,7 +491,7 @@ def main() -> None:
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.child:
-        child(args.child, args.model, args.iterations, args.out, args.precision, args.random_init)
+        child(args.child, args.model, args.iterations, args.out, args.precision, args.random_init, args.prompts)
         return
     if args.iterations <= args.warmup:
         parser.error("--iterations must exceed --warmup")
@@ -497,7 +518,8 @@ def main() -> None:
     def write(done: int) -> str:
         """The table of the ``done`` repetitions so far (rewritten after each: a run cut short keeps them)."""
         header = (
-            f"PPO, SmolLM2-135M-Instruct, LoRA r=16 q/k/v/o, 8 prompts x 32 new tokens, 1 epoch x 1 minibatch, {precision}; {weights}"
+            f"PPO, SmolLM2-135M-Instruct, LoRA r=16 q/k/v/o, 8 prompts x 32 new tokens ({args.prompts} prompts), 1 epoch x 1 minibatch, "
+            f"{precision}; {weights}"
             f"{done} repetitions x {args.iterations - args.warmup} steady updates (after {args.warmup} warm-up); "
             f"seconds are means per update, medians over repetitions (min–max)\n\n{stamp}; {machine}; "
             + "; ".join(f"{env}: " + ", ".join(f"{k} {v}" for k, v in vers.items()) for env, vers in versions.items())
