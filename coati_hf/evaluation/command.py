@@ -29,10 +29,10 @@ def add_eval_command(commands) -> None:
 
     parser = commands.add_parser(
         "eval",
-        help="Held-out evaluation: mean reward with 95% CI, win rate vs a baseline, answer length, KL to a reference.",
+        help="Held-out evaluation: mean reward with 95%% CI, win rate vs a baseline, answer length, KL to a reference.",
         description="Greedy answers of each MODEL to held-out prompts, scored by a reward model and/or a judge. "
-        "Prompts must not have been trained on: the demo trains on rows 0:96 of sample:prompts, so evaluate it "
-        "with --prompts sample:prompts --rows 96:112.",
+        "Prompts must not have been trained on: the demo's PPO trains on the English prompts of sample:prompts but "
+        "the last 16, whose rows its eval/eval_results.json lists.",
     )
     parser.add_argument("models", nargs="+", metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("--prompts", required=True, help="held-out prompts: a file `coati-hf generate` reads, or sample:prompts")
