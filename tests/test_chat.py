@@ -327,17 +327,81 @@ def test_generate_writes_one_scored_row_per_prompt(tmp_path, tiny_chat_model_dir
     assert [row["prompt"] for row in written] == prompts
     # batched, left-padded generation gives each prompt the reply it gets alone
     assert [row["completion"] for row in written] == [greedy_reply(loaded, p) for p in prompts]
-    # each score is the reward model's read of prompt + completion, alone and unpadded, at its EOS
+    # each score is the reward model's read of prompt + completion, alone and unpadded
     reward_model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1).eval()
     for row in written:
-        ids = loaded.tokenizer.apply_chat_template(
-            row["prompt"] + [{"role": "assistant", "content": row["completion"]}], return_dict=True
-        )["input_ids"]
-        ids = ids[: len(ids) - ids[::-1].index(loaded.tokenizer.eos_token_id)]
-        with torch.no_grad():
-            expected = reward_model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+        finished = greedy_reply_ended(loaded, row["prompt"])
+        expected = reward_read(reward_model, loaded.tokenizer, row["prompt"], row["completion"], finished)
         assert row["score"] == pytest.approx(expected, abs=1e-4)
     assert len({round(row["score"], 6) for row in written}) > 1
+
+
+def greedy_reply_ended(loaded_model, messages, max_new_tokens=8) -> bool:
+    """Whether the greedy reply ends with an end token within ``max_new_tokens``."""
+    from coati_hf.chat.batch import generate_completions
+    from coati_hf.chat.generation import GenerationSettings, end_token_ids
+
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0)
+    _, [ids] = generate_completions(loaded_model.model, loaded_model.tokenizer, [messages], settings, progress=False, return_token_ids=True)
+    return bool(ids) and ids[-1] in end_token_ids(loaded_model.model, loaded_model.tokenizer)
+
+
+def reward_read(reward_model, tokenizer, prompt, completion, finished) -> float:
+    """The reference read: a finished reply as the reward model was trained (the chat template of
+    the conversation up to its last EOS); an unfinished one as PPO scores a response cut at its
+    length limit (the prompt's template ready for the answer, then the reply, no end token)."""
+    if finished:
+        ids = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], return_dict=True)["input_ids"]
+        ids = ids[: len(ids) - ids[::-1].index(tokenizer.eos_token_id)]
+    else:
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"]
+        ids = list(ids) + tokenizer(completion, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        return reward_model(input_ids=torch.tensor([list(ids)])).logits[0, 0].item()
+
+
+def test_a_reply_cut_at_the_token_limit_is_scored_as_ppo_scores_it(smol_tokenizer, reward_dir):
+    """A reply that reached max_new_tokens before its end token is judged as it stands: the
+    chat template would close the turn (<|im_end|>) as if it had ended, and the reward model
+    reads a closed turn very differently from an open one. PPO scores its unfinished responses
+    without an end token; the evaluation must read them the same way."""
+    from transformers import AutoModelForSequenceClassification
+
+    from coati_hf.chat import GenerationSettings, generate_and_score
+
+    answer = smol_tokenizer("Gravity pulls masses toward each other.", add_special_tokens=False)["input_ids"]
+    end = smol_tokenizer.eos_token_id
+
+    class ScriptedModel(torch.nn.Module):
+        """Ends its answer to a prompt that mentions "short"; otherwise writes the answer on."""
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.generation_config = None
+
+        def generate(self, input_ids, attention_mask=None, max_new_tokens=1, **kwargs):
+            replies = []
+            for row in input_ids:
+                ends = "short" in smol_tokenizer.decode(row)
+                reply = (answer[:-2] + [end]) if ends else answer[:max_new_tokens]
+                replies.append(reply + [end] * (max_new_tokens - len(reply)))
+            return torch.cat([input_ids, torch.tensor(replies)], dim=1)
+
+    prompts = [[user("Explain gravity, short.")], [user("Explain gravity.")]]
+    reward_model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1).eval()
+    settings = GenerationSettings(max_new_tokens=len(answer), temperature=0.0, top_p=1.0)
+    rows = generate_and_score(ScriptedModel(), prompts, reward_model, tokenizer=smol_tokenizer, settings=settings, progress=False, token_ids=True)
+    assert [row["completion_ids"][-1] == end for row in rows] == [True, False]  # the second was cut
+    finished, cut = rows
+    assert finished["score"] == pytest.approx(reward_read(reward_model, smol_tokenizer, prompts[0], finished["completion"], True), abs=1e-5)
+    assert cut["score"] == pytest.approx(reward_read(reward_model, smol_tokenizer, prompts[1], cut["completion"], False), abs=1e-5)
+    # exactly the ids PPO scores for that response: the prompt's ids, then the ids as generated
+    ppo_ids = list(smol_tokenizer.apply_chat_template(prompts[1], add_generation_prompt=True, return_dict=True)["input_ids"]) + cut["completion_ids"]
+    with torch.no_grad():
+        assert cut["score"] == pytest.approx(reward_model(input_ids=torch.tensor([ppo_ids])).logits[0, 0].item(), abs=1e-5)
+    # and not the closed turn's read
+    assert cut["score"] != pytest.approx(reward_read(reward_model, smol_tokenizer, prompts[1], cut["completion"], True), abs=1e-3)
 
 
 def test_generate_and_score_python_api(tiny_chat_model_dir, reward_dir, loaded):

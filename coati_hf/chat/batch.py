@@ -12,7 +12,10 @@ Rows out (``coati-hf generate`` writes one JSON object per line, in the prompts'
   their answers and not on the dice.
 - Scoring reads the reward model the way it was trained (coati_hf's RewardTrainer): the reward
   tokenizer's chat template of prompt + reply, cut after its last EOS token, the score at the
-  last token (:func:`coati_hf.ppo.forward_scores`, the read PPO makes).
+  last token (:func:`coati_hf.ppo.forward_scores`, the read PPO makes). A reply cut at
+  ``max_new_tokens`` before its end token is scored as it stands, as PPO scores an unfinished
+  response: the prompt's template with the generation prompt, then the reply's text, no
+  end-of-turn token (the template would close the turn as if the reply had ended).
 """
 
 from __future__ import annotations
@@ -93,7 +96,10 @@ def generate_completions(
     return (completions, token_ids) if return_token_ids else completions
 
 
-def _reward_ids(tokenizer, prompt: list[dict], completion: str) -> list[int]:
+def _reward_ids(tokenizer, prompt: list[dict], completion: str, finished: bool = True) -> list[int]:
+    if not finished:  # as PPO reads an unfinished response: no end-of-turn after it
+        opening = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True, return_dict=True)
+        return list(opening["input_ids"]) + list(tokenizer(completion, add_special_tokens=False)["input_ids"])
     messages = list(prompt) + [{"role": "assistant", "content": completion}]
     ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
     ids = list(ids)
@@ -104,21 +110,33 @@ def _reward_ids(tokenizer, prompt: list[dict], completion: str) -> list[int]:
 
 
 def score_completions(
-    reward_model, tokenizer, prompts: Sequence[list[dict]], completions: Sequence[str], batch_size: int = 8, progress: bool = True
+    reward_model,
+    tokenizer,
+    prompts: Sequence[list[dict]],
+    completions: Sequence[str],
+    batch_size: int = 8,
+    progress: bool = True,
+    finished: Sequence[bool] | None = None,
 ) -> list[float]:
-    """The reward model's score of each (prompt, completion) pair (module rules)."""
+    """The reward model's score of each (prompt, completion) pair (module rules). ``finished``:
+    per pair, whether the reply ended with an end token (default: all did); an unfinished one is
+    scored without an end-of-turn token."""
     import torch
 
     from ..ppo import forward_scores
 
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    finished = [True] * len(prompts) if finished is None else list(finished)
+    if len(finished) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(finished)} finished flags")
     device = next(reward_model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scores: list[float] = []
     with _progress(len(prompts), "scoring", progress) as bar:
         for start in range(0, len(prompts), batch_size):
-            rows = [_reward_ids(tokenizer, p, c) for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size])]
+            window = slice(start, start + batch_size)
+            rows = [_reward_ids(tokenizer, *pair) for pair in zip(prompts[window], completions[window], finished[window])]
             width = max(len(row) for row in rows)
             ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=device)
             mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=device)
@@ -175,7 +193,9 @@ def generate_and_score(
         for row, row_ids in zip(rows, ids):
             row["completion_ids"] = row_ids
     if reward_model is not None:
-        scores = score_completions(reward_model, reward_tokenizer, prompt_list, completions, batch_size, progress)
+        ends = set(end_token_ids(model, tokenizer))
+        finished = [bool(row_ids) and row_ids[-1] in ends for row_ids in ids]
+        scores = score_completions(reward_model, reward_tokenizer, prompt_list, completions, batch_size, progress, finished)
         for row, score in zip(rows, scores):
             row["score"] = score
     return rows

@@ -6,7 +6,9 @@ For every model (the baseline first, each model once however often it is named):
 1. greedy answers (temperature 0, at most ``max_new_tokens`` new tokens) to the prompts, through
    :func:`coati_hf.chat.generate_and_score` (the model's chat template, left-padded batches,
    cut at the first end token), which also scores them with the reward model the way it was
-   trained (chat template of prompt + answer, score at the last token);
+   trained (chat template of prompt + answer, score at the last token); an answer cut at
+   ``max_new_tokens`` is scored as it stands, without an end-of-turn token, the read PPO makes
+   of an unfinished response (the table counts the cut answers);
 2. a judge, if given, is called once with all answers as PPO calls ``--reward_function``:
    ``judge(prompts, completions) -> scores``, ``prompts`` being the chat-template text each
    model answered (with the generation prompt) and ``completions`` the answers' text;
