@@ -49,9 +49,14 @@ def english_prompt_split(prompts) -> tuple[list[int], list[int]]:
 
 # The recipe (a measured search chose it; see the project's [results] notes): SFT long enough
 # that the English answers are coherent and mostly end within 64 tokens; PPO on the English
-# prompts with responses as long as the evaluation's answers, 6 updates of 8 prompts, and a KL
-# coefficient of 0.2 that keeps PPO from shortening answers the reward model already liked
-# (held-out gain over three seeds: +0.14 to +0.23 at 0.2; +0.03 to +0.22 at 0.02).
+# prompts with responses as long as the evaluation's answers, 6 updates of 8 prompts, a KL
+# coefficient of 0.2, and Coati's reward placement: the reward model's score added at every
+# response token, not only at the last. With the score at the last token only, the critic (which
+# starts as the reward model and reads every unfinished prefix low) credits the end token wherever
+# it falls, and PPO shortened answers the reward model already liked; with the score at every
+# token (gamma 1), a token's return counts the score once per remaining token, so a well-scored
+# answer is rewarded for being complete. Held-out win rate over four seeds 0.44-0.78 (mean 0.63)
+# and gain +0.11 to +0.24, against 0.41-0.59 (mean 0.49) and +0.13 to +0.23 at the last token.
 SFT_STEPS, SFT_LEARNING_RATE = 12, 1e-3
 RM_STEPS, RM_LEARNING_RATE = 8, 1e-3
 PPO_UPDATES, PPO_BATCH = 6, 8
@@ -61,6 +66,7 @@ PPO_SETTINGS = dict(
     temperature=1.0,
     learning_rate=5e-4,
     kl_coef=0.2,
+    reward_placement="all_tokens",
 )
 EVAL_NEW_TOKENS = 64  # as long as PPO's responses: the answers are judged as they were trained
 

@@ -111,14 +111,13 @@ def test_the_demo_ends_with_a_held_out_evaluation_a_user_can_act_on(demo_run):
 
 def test_ppo_comes_out_ahead_of_sft_on_the_held_out_prompts(demo_run):
     """The demo's result, pinned: on 16 English prompts PPO never trained on, the PPO policy's
-    greedy answers score higher under the reward model than the SFT policy's, and fewer of them
-    are cut at the token limit (where the gain comes from: see what_ppo_changed). Four runs of
-    the recipe gained +0.13 to +0.23; the bound leaves room for PPO's run-to-run noise on a CPU
-    (the same seed gives different runs: multi-threaded sampling), about 0.1."""
+    greedy answers score higher under the reward model than the SFT policy's. Four seeds of the
+    recipe gained +0.11 to +0.24; the bound leaves room for PPO's run-to-run noise on a CPU (the
+    same seed gives different runs: multi-threaded sampling), about 0.1. The win rate is not
+    pinned: over the same seeds it ranged 0.44-0.78 on 16 prompts."""
     report = demo_run["evaluation"]
     sft, ppo = report.result("sft"), report.result("ppo")
     assert ppo.mean_reward - sft.mean_reward > 0.05
-    assert ppo.num_truncated < sft.num_truncated
     assert demo_run["summary"]["mean_reward_ppo"] == pytest.approx(ppo.mean_reward)
 
 
