@@ -169,7 +169,8 @@ def generate_and_score(
     of message lists. ``reward_model``: None, a reward-model folder / name, or a loaded
     sequence classifier with ``reward_tokenizer``. ``settings``: greedy, 128 new tokens by default.
     ``token_ids``: each row also gets ``"completion_ids"``, the reply's ids as generated, up to
-    and including the first end token (see :func:`generate_completions`).
+    and including the first end token (see :func:`generate_completions`), and ``"ended"``,
+    whether the reply ended with an end token (False: cut at ``max_new_tokens``).
     """
     from .loading import load_chat_model, load_reward_model
 
@@ -189,12 +190,12 @@ def generate_and_score(
         reward_tokenizer = tokenizer
     completions, ids = generate_completions(model, tokenizer, prompt_list, settings, batch_size, progress, return_token_ids=True)
     rows = [{"prompt": prompt, "completion": completion} for prompt, completion in zip(prompt_list, completions)]
+    ends = set(end_token_ids(model, tokenizer))
+    finished = [bool(row_ids) and row_ids[-1] in ends for row_ids in ids]
     if token_ids:
-        for row, row_ids in zip(rows, ids):
-            row["completion_ids"] = row_ids
+        for row, row_ids, ended in zip(rows, ids, finished):
+            row["completion_ids"], row["ended"] = row_ids, ended
     if reward_model is not None:
-        ends = set(end_token_ids(model, tokenizer))
-        finished = [bool(row_ids) and row_ids[-1] in ends for row_ids in ids]
         scores = score_completions(reward_model, reward_tokenizer, prompt_list, completions, batch_size, progress, finished)
         for row, score in zip(rows, scores):
             row["score"] = score

@@ -136,7 +136,7 @@ def evaluate_policies(
     before any answer is generated.
     """
     from ..chat.batch import generate_and_score
-    from ..chat.generation import GenerationSettings, end_token_ids
+    from ..chat.generation import GenerationSettings
 
     if batch_size < 1:
         raise EvaluationError(f"--batch-size must be at least 1, got {batch_size}")
@@ -166,10 +166,9 @@ def evaluate_policies(
             reward_tokenizer=rm.tokenizer if rm else None, settings=settings, batch_size=batch_size,
             progress=progress, token_ids=True,
         )  # fmt: skip
-        ends = set(end_token_ids(loaded.model, loaded.tokenizer))
         completions = [row["completion"] for row in answered]
         ids = [row["completion_ids"] for row in answered]
-        ended = [bool(a) and a[-1] in ends for a in ids]
+        ended = [row["ended"] for row in answered]
         scores = {}
         if rm is not None:
             scores["reward_model"] = [row["score"] for row in answered]
