@@ -360,6 +360,23 @@ def reward_read(reward_model, tokenizer, prompt, completion, finished) -> float:
         return reward_model(input_ids=torch.tensor([list(ids)])).logits[0, 0].item()
 
 
+class ScriptedModel(torch.nn.Module):
+    """A stand-in causal LM for tests of what happens to generated ids: ``generate`` appends
+    ``reply_for(prompt_ids, max_new_tokens)`` to each prompt row, padded with ``filler`` to
+    ``max_new_tokens`` (as generate pads a batch's finished rows)."""
+
+    def __init__(self, reply_for, filler=0):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.generation_config = None
+        self.reply_for, self.filler = reply_for, filler
+
+    def generate(self, input_ids, attention_mask=None, max_new_tokens=1, **kwargs):
+        replies = [self.reply_for(row, max_new_tokens) for row in input_ids]
+        padded = [reply + [self.filler] * (max_new_tokens - len(reply)) for reply in replies]
+        return torch.cat([input_ids, torch.tensor(padded, dtype=input_ids.dtype)], dim=1)
+
+
 def test_a_reply_cut_at_the_token_limit_is_scored_as_ppo_scores_it(smol_tokenizer, reward_dir):
     """A reply that reached max_new_tokens before its end token is judged as it stands: the
     chat template would close the turn (<|im_end|>) as if it had ended, and the reward model
@@ -372,26 +389,14 @@ def test_a_reply_cut_at_the_token_limit_is_scored_as_ppo_scores_it(smol_tokenize
     answer = smol_tokenizer("Gravity pulls masses toward each other.", add_special_tokens=False)["input_ids"]
     end = smol_tokenizer.eos_token_id
 
-    class ScriptedModel(torch.nn.Module):
+    def reply_for(prompt_ids, max_new_tokens):
         """Ends its answer to a prompt that mentions "short"; otherwise writes the answer on."""
-
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(1))
-            self.generation_config = None
-
-        def generate(self, input_ids, attention_mask=None, max_new_tokens=1, **kwargs):
-            replies = []
-            for row in input_ids:
-                ends = "short" in smol_tokenizer.decode(row)
-                reply = (answer[:-2] + [end]) if ends else answer[:max_new_tokens]
-                replies.append(reply + [end] * (max_new_tokens - len(reply)))
-            return torch.cat([input_ids, torch.tensor(replies)], dim=1)
+        return (answer[:-2] + [end]) if "short" in smol_tokenizer.decode(prompt_ids) else answer[:max_new_tokens]
 
     prompts = [[user("Explain gravity, short.")], [user("Explain gravity.")]]
     reward_model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1).eval()
     settings = GenerationSettings(max_new_tokens=len(answer), temperature=0.0, top_p=1.0)
-    rows = generate_and_score(ScriptedModel(), prompts, reward_model, tokenizer=smol_tokenizer, settings=settings, progress=False, token_ids=True)
+    rows = generate_and_score(ScriptedModel(reply_for, filler=end), prompts, reward_model, tokenizer=smol_tokenizer, settings=settings, progress=False, token_ids=True)
     assert [row["completion_ids"][-1] == end for row in rows] == [True, False]  # the second was cut
     finished, cut = rows
     assert finished["score"] == pytest.approx(reward_read(reward_model, smol_tokenizer, prompts[0], finished["completion"], True), abs=1e-5)
@@ -425,20 +430,9 @@ def test_a_completion_cut_mid_character_is_written_whole(smol_tokenizer):
     answer = smol_tokenizer("人工智能是一种新的技术", add_special_tokens=False)["input_ids"]
     limit = next(n for n in range(len(answer), 0, -1) if smol_tokenizer.decode(answer[:n]).endswith("\ufffd"))
 
-    class ScriptedModel(torch.nn.Module):
-        """Writes ``answer`` whatever the prompt, up to max_new_tokens: decoding is what is tested."""
-
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(1))
-            self.generation_config = None
-
-        def generate(self, input_ids, attention_mask=None, max_new_tokens=1, **kwargs):
-            reply = torch.tensor(answer[:max_new_tokens]).expand(input_ids.shape[0], -1)
-            return torch.cat([input_ids, reply], dim=1)
-
+    writes_the_answer = ScriptedModel(lambda prompt_ids, max_new_tokens: answer[:max_new_tokens])  # whatever the prompt
     settings = GenerationSettings(max_new_tokens=limit, temperature=0.0, top_p=1.0)
-    [completion] = generate_completions(ScriptedModel(), smol_tokenizer, [[user("什么是人工智能？")]], settings, progress=False)
+    [completion] = generate_completions(writes_the_answer, smol_tokenizer, [[user("什么是人工智能？")]], settings, progress=False)
     assert "\ufffd" not in completion
     assert completion == smol_tokenizer.decode(answer[:limit]).rstrip("\ufffd") and len(completion) >= 9
 
